@@ -1,0 +1,7 @@
+//! What two or more Vispyr binaries share: config loading, logging, the
+//! admin server and the shutdown signal.
+
+pub mod admin;
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,117 @@
+//! The storage backends the gateway writes to, as real upstream binaries on
+//! loopback: Prometheus (remote write v1 + OTLP receivers), a trace store that
+//! takes OTLP and answers by trace ID, and Pyroscope (OTLP profiles).
+//!
+//! Each backend has a temp dir and free ports of its own, so tests run in
+//! parallel; dropping the handle kills the process before its dir goes away.
+//! Query helpers are named after what they answer, not after the product, so
+//! that an implementation can be swapped (the trace store is Jaeger v2 today,
+//! standing in for Tempo).
+
+mod prometheus;
+mod pyroscope;
+mod trace_store;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::Error;
+
+pub use prometheus::Prometheus;
+pub use pyroscope::Pyroscope;
+pub use trace_store::TraceStore;
+
+/// How long a backend may take to become ready on a loaded 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// Per-request timeout of the query helpers; waits belong in `eventually`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// All three backends, started concurrently.
+pub struct Backends {
+    pub prometheus: Prometheus,
+    pub traces: TraceStore,
+    pub pyroscope: Pyroscope,
+}
+
+impl Backends {
+    /// Starts Prometheus, the trace store and Pyroscope at once and waits until
+    /// each is ready. If one fails, the others are killed and the error quotes
+    /// the failing tool's own log.
+    pub async fn start() -> Result<Self, Error> {
+        let (prometheus, traces, pyroscope) =
+            tokio::try_join!(Prometheus::start(), TraceStore::start(), Pyroscope::start())?;
+        Ok(Self { prometheus, traces, pyroscope })
+    }
+}
+
+fn temp_dir(prefix: &str) -> Result<TempDir, Error> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| Error::io(&std::env::temp_dir(), e))
+}
+
+fn write_file(path: &Path, content: &str) -> Result<PathBuf, Error> {
+    std::fs::write(path, content).map_err(|e| Error::io(path, e))?;
+    Ok(path.to_path_buf())
+}
+
+/// A command for a pinned tool that runs in `dir` (so any relative default
+/// path lands there) and does not inherit the test's OpenTelemetry or Jaeger
+/// settings: both Jaeger and Pyroscope would otherwise trace themselves to
+/// whatever `OTEL_EXPORTER_OTLP_ENDPOINT` says, possibly our own receivers.
+fn command(tool: &str, dir: &Path) -> Result<Command, Error> {
+    let mut cmd = Command::new(crate::tool(tool)?);
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("OTEL_") || k.starts_with("JAEGER_") {
+            cmd.env_remove(&key);
+        }
+    }
+    Ok(cmd)
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("a plain-HTTP reqwest client always builds")
+}
+
+/// Readiness probe: `GET url` answers 200.
+async fn http_ok(http: &reqwest::Client, url: &str) -> bool {
+    matches!(http.get(url).send().await, Ok(r) if r.status().is_success())
+}
+
+/// Readiness probe: something accepts TCP connections on the loopback port.
+fn tcp_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&crate::process::loopback(port), Duration::from_millis(200)).is_ok()
+}
+
+/// Sends `req`, failing with the backend's own words on a non-2xx answer.
+async fn send(what: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+    checked(what, req.send().await.map_err(|e| Error::http(what, e))?).await
+}
+
+/// `resp` if it is a 2xx, else an error quoting the backend's answer.
+async fn checked(what: &str, resp: reqwest::Response) -> Result<reqwest::Response, Error> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    Err(Error::backend(what, format!("HTTP {status}: {}", body.trim())))
+}
+
+async fn json(what: &str, resp: reqwest::Response) -> Result<serde_json::Value, Error> {
+    resp.json().await.map_err(|e| Error::http(what, e))
+}
+
+fn millis(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,198 @@
+//! A real Kubernetes control plane for tests: etcd + kube-apiserver, no
+//! kubelet. Pods are stored, admitted and mutated, never run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+use tempfile::TempDir;
+
+use crate::pki::Pki;
+use crate::process::{free_port, Process};
+use crate::{tool, Error};
+
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub struct TestCluster {
+    // Field order is drop order: the apiserver goes before its etcd.
+    apiserver: Process,
+    etcd: Process,
+    client: Client,
+    url: String,
+    kubeconfig: PathBuf,
+    dir: TempDir,
+}
+
+impl TestCluster {
+    /// Starts etcd and kube-apiserver with RBAC, service-account tokens and the
+    /// admission webhook plugins, and waits until the apiserver is ready.
+    pub async fn start() -> Result<Self, Error> {
+        let dir = tempfile::Builder::new().prefix("vispyr-cluster-").tempdir().map_err(|e| Error::io(Path::new("/tmp"), e))?;
+        let root = dir.path().to_path_buf();
+        let etcd = start_etcd(&root).await?;
+        let (mut apiserver, url, kubeconfig) = start_apiserver(&root, etcd.1).await?;
+
+        let client = Client::try_from(load_config(&kubeconfig).await?)?;
+        let probe_client = client.clone();
+        apiserver
+            .wait_ready(START_TIMEOUT, || {
+                let c = probe_client.clone();
+                async move {
+                    let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
+                    c.request_text(req).await.is_ok_and(|body| body.trim() == "ok")
+                }
+            })
+            .await?;
+        Ok(Self { apiserver, etcd: etcd.0, client, url, kubeconfig, dir })
+    }
+
+    /// A client authenticated as cluster-admin (group `system:masters`).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A kubeconfig file for kubectl and helm, as cluster-admin.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The apiserver's https URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A client that acts as `user` (and `groups`) through impersonation, so a
+    /// test sees exactly what that identity's RBAC allows.
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> Result<Client, Error> {
+        let mut config = load_config(&self.kubeconfig).await?;
+        config.auth_info.impersonate = Some(user.to_string());
+        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Runs the pinned kubectl against this cluster, returning its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, Error> {
+        let out = Command::new(tool("kubectl")?)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .map_err(|source| Error::Spawn { name: "kubectl".into(), source })?;
+        if !out.status.success() {
+            return Err(Error::backend(
+                format!("kubectl {}", args.join(" ")),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn apiserver(&mut self) -> &mut Process {
+        &mut self.apiserver
+    }
+
+    pub fn etcd(&mut self) -> &mut Process {
+        &mut self.etcd
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+async fn start_etcd(root: &Path) -> Result<(Process, u16), Error> {
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut cmd = Command::new(tool("etcd")?);
+    cmd.arg("--name=e2e")
+        .arg(format!("--data-dir={}", root.join("etcd").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=e2e={peer_url}"))
+        // Test data is thrown away: fsync only slows every write down.
+        .arg("--unsafe-no-fsync")
+        .arg("--log-level=warn");
+    let mut etcd = Process::spawn("etcd", cmd, &root.join("etcd.log"))?;
+    let http = reqwest::Client::new();
+    let health = format!("{client_url}/health");
+    etcd.wait_ready(START_TIMEOUT, || {
+        let req = http.get(&health).send();
+        async move {
+            match req.await {
+                Ok(r) => r.text().await.is_ok_and(|b| b.contains("\"health\":\"true\"")),
+                Err(_) => false,
+            }
+        }
+    })
+    .await?;
+    Ok((etcd, client_port))
+}
+
+async fn start_apiserver(root: &Path, etcd_port: u16) -> Result<(Process, String, PathBuf), Error> {
+    let pki = Pki::generate()?;
+    let write = |name: &str, content: &str| -> Result<PathBuf, Error> {
+        let path = root.join(name);
+        std::fs::write(&path, content).map_err(|e| Error::io(&path, e))?;
+        Ok(path)
+    };
+    let ca = write("ca.crt", &pki.ca)?;
+    let cert = write("apiserver.crt", &pki.serving.cert)?;
+    let key = write("apiserver.key", &pki.serving.key)?;
+    let sa_key = write("service-account.key", &pki.service_account_key.key)?;
+    let sa_pub = write("service-account.pub", &pki.service_account_key.cert)?;
+
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut cmd = Command::new(tool("kube-apiserver")?);
+    cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--secure-port={port}"))
+        .arg(format!("--cert-dir={}", root.join("certs").display()))
+        .arg(format!("--tls-cert-file={}", cert.display()))
+        .arg(format!("--tls-private-key-file={}", key.display()))
+        .arg(format!("--client-ca-file={}", ca.display()))
+        .arg("--authorization-mode=RBAC")
+        .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+        .arg(format!("--service-account-key-file={}", sa_pub.display()))
+        .arg(format!("--service-account-signing-key-file={}", sa_key.display()))
+        .arg("--service-cluster-ip-range=10.96.0.0/24")
+        .arg("--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook")
+        // With no controller-manager, no namespace ever gets its "default"
+        // ServiceAccount, and this plugin would refuse every pod.
+        .arg("--disable-admission-plugins=ServiceAccount")
+        .arg("--allow-privileged=true")
+        .arg("--enable-priority-and-fairness=false");
+    let apiserver = Process::spawn("kube-apiserver", cmd, &root.join("kube-apiserver.log"))?;
+
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {"server": url, "certificate-authority-data": b64(&pki.ca)}}],
+        "users": [{"name": "admin", "user": {
+            "client-certificate-data": b64(&pki.admin.cert),
+            "client-key-data": b64(&pki.admin.key),
+        }}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
+        "current-context": "e2e",
+    });
+    let kubeconfig_path = write("kubeconfig", &serde_yaml::to_string(&kubeconfig).expect("JSON value is YAML"))?;
+    Ok((apiserver, url, kubeconfig_path))
+}
+
+async fn load_config(kubeconfig: &Path) -> Result<kube::Config, Error> {
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::Kubeconfig(e.to_string()))
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}

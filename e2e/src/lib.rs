@@ -1,0 +1,20 @@
+//! The Vispyr test harness: real upstream components on loopback, each with
+//! free ports and a temp dir of its own, gone when their handle drops.
+//!
+//! - [`TestCluster`]: etcd + kube-apiserver (RBAC, service accounts, admission
+//!   webhooks) and a `kube::Client` for it.
+//! - [`Backends`]: Prometheus, the trace store and Pyroscope, with query helpers.
+
+mod backends;
+mod cluster;
+mod error;
+mod eventually;
+mod pki;
+pub mod process;
+mod tools;
+
+pub use backends::{Backends, Prometheus, Pyroscope, TraceStore};
+pub use cluster::TestCluster;
+pub use error::Error;
+pub use eventually::eventually;
+pub use tools::tool;

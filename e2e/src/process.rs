@@ -1,0 +1,188 @@
+//! Real upstream processes owned by a test: started with their output in a log
+//! file, killed when the handle drops (also while a test unwinds from a panic),
+//! and killed by the kernel if the test binary itself dies.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::Error;
+
+/// How much of a tool's log an error quotes: enough for its last complaint.
+const LOG_TAIL_BYTES: u64 = 4096;
+
+/// A running child process; dropping it kills and reaps it.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self, Error> {
+        let out = File::create(log).map_err(|e| Error::io(log, e))?;
+        let err = out.try_clone().map_err(|e| Error::io(log, e))?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = spawner()
+            .spawn(cmd)
+            .map_err(|source| Error::Spawn { name: name.to_string(), source })?;
+        Ok(Self { name: name.to_string(), child, log: log.to_path_buf() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last lines the tool wrote, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+
+    /// Fails with the tool's own last log lines if it has exited.
+    pub fn check_running(&mut self) -> Result<(), Error> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(Error::Exited {
+                name: self.name.clone(),
+                status: status.to_string(),
+                log: self.log_tail(),
+            }),
+            Err(e) => Err(Error::io(&self.log, e)),
+        }
+    }
+
+    /// Waits until `probe` succeeds, failing early if the process exits and
+    /// with the tool's log after `timeout`.
+    pub async fn wait_ready<F, Fut>(&mut self, timeout: Duration, mut probe: F) -> Result<(), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            if probe().await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NotReady {
+                    name: self.name.clone(),
+                    after: timeout,
+                    log: self.log_tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the process now (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `grace` for it.
+    pub fn terminate(&mut self, grace: Duration) {
+        // SAFETY: kill(2) on our own child's pid; it is reaped only below.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub(crate) fn log_tail(path: &Path) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return format!("(no log at {})", path.display());
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A port on 127.0.0.1 that was free a moment ago. The tools we start take a
+/// port number, not a listening socket, so the small race is unavoidable.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 must work on any test machine")
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// All children are spawned from one thread that lives as long as the test
+/// binary: PR_SET_PDEATHSIG fires when the *spawning thread* exits, so
+/// spawning from short-lived runtime threads would kill children early, while
+/// this way they die exactly when the test binary does, even on SIGKILL.
+struct Spawner(Mutex<mpsc::Sender<SpawnRequest>>);
+
+fn spawner() -> &'static Spawner {
+    static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("vispyr-e2e-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    // SAFETY: prctl is async-signal-safe; nothing else runs
+                    // between fork and exec.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawning the process-spawner thread");
+        Spawner(Mutex::new(tx))
+    })
+}
+
+impl Spawner {
+    fn spawn(&self, cmd: Command) -> std::io::Result<Child> {
+        let (tx, rx) = mpsc::channel();
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((cmd, tx))
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+        rx.recv().map_err(|_| std::io::Error::other("spawner thread is gone"))?
+    }
+}

@@ -1,0 +1,136 @@
+// Whatever is wrong, the application serves; the preload says what and why in
+// exactly one stderr line and nothing on stdout.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { OtlpReceiver } from './support/otlp-receiver.mjs';
+import { App, PRELOAD_DIR, eventually, fastExport } from './support/app.mjs';
+
+let receiver;
+before(async () => {
+  receiver = await new OtlpReceiver().start();
+});
+after(() => receiver.stop());
+
+/** A loopback port nothing listens on. */
+async function closedPort() {
+  const srv = net.createServer();
+  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const { port } = srv.address();
+  await new Promise((resolve) => srv.close(resolve));
+  return port;
+}
+
+async function assertServes(app) {
+  for (const p of ['/', '/', '/']) assert.equal((await app.get(p)).status, 200);
+}
+
+test('unreachable endpoint: the app serves, one warning line, and exit is not held up', async (t) => {
+  const endpoint = `http://127.0.0.1:${await closedPort()}`;
+  const app = new App('cjs-server.cjs', {
+    env: {
+      ...fastExport(endpoint),
+      OTEL_SERVICE_NAME: 'unreachable',
+      OTEL_EXPORTER_OTLP_TIMEOUT: '500',
+      VISPYR_SHUTDOWN_TIMEOUT_MS: '1000',
+    },
+  });
+  t.after(() => app.kill());
+  await app.start();
+  await assertServes(app);
+  // Failing exports (traces every 100 ms, metrics every second) are reported once.
+  await eventually('the export failure warning', () => app.vispyrLines().length > 0, 10000);
+  await assertServes(app);
+  const started = Date.now();
+  const exit = await app.stop('SIGTERM');
+  assert.equal(exit.signal, 'SIGTERM');
+  assert.ok(Date.now() - started < 4000, `exit took ${Date.now() - started} ms with a 1000 ms shutdown timeout`);
+  const lines = app.vispyrLines();
+  assert.equal(lines.length, 1, lines.join('\n'));
+  assert.match(lines[0], new RegExp(`^vispyr: export to ${endpoint} failed: .+`));
+  assert.deepEqual(app.foreignStdout(), []);
+  assert.equal(app.stderr, `${lines[0]}\n`);
+});
+
+test('garbage OTEL_TRACES_SAMPLER_ARG: one warning line, sampling falls back to 1, spans still exported', async (t) => {
+  const app = new App('cjs-server.cjs', {
+    env: {
+      ...fastExport(receiver.endpoint),
+      OTEL_SERVICE_NAME: 'garbage-sampler',
+      OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+      OTEL_TRACES_SAMPLER_ARG: 'half of them',
+    },
+  });
+  t.after(() => app.kill());
+  await app.start();
+  await assertServes(app);
+  await receiver.waitFor('spans of garbage-sampler', (r) => r.spansOf('garbage-sampler').length >= 3);
+  await app.stop();
+  assert.deepEqual(app.vispyrLines(), [
+    'vispyr: OTEL_TRACES_SAMPLER_ARG ignored: "half of them" is not a number between 0 and 1; using 1',
+  ]);
+  assert.equal(app.stderr, `${app.vispyrLines()[0]}\n`);
+  assert.deepEqual(app.foreignStdout(), []);
+});
+
+test('several bad settings: still one line, naming each; the SDK runs on defaults', async (t) => {
+  const app = new App('cjs-server.cjs', {
+    env: {
+      ...fastExport(receiver.endpoint),
+      OTEL_SERVICE_NAME: 'bad-settings',
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/xml',
+      OTEL_TRACES_SAMPLER: 'sometimes',
+      OTEL_BSP_MAX_QUEUE_SIZE: 'lots',
+    },
+  });
+  t.after(() => app.kill());
+  await app.start();
+  await assertServes(app);
+  await receiver.waitFor('spans of bad-settings', (r) => r.spansOf('bad-settings').length >= 3);
+  await app.stop();
+  const lines = app.vispyrLines();
+  assert.equal(lines.length, 1, lines.join('\n'));
+  assert.match(lines[0], /^vispyr: OTEL_EXPORTER_OTLP_PROTOCOL ignored: "http\/xml" is not one of grpc, http\/protobuf, http\/json; using http\/protobuf; /);
+  assert.match(lines[0], /; OTEL_TRACES_SAMPLER ignored: "sometimes" is not one of .*; using parentbased_always_on/);
+  assert.match(lines[0], /; setting ignored: .*OTEL_BSP_MAX_QUEUE_SIZE/);
+  assert.deepEqual(app.foreignStdout(), []);
+});
+
+test('endpoint that is not a URL: instrumentation disabled with one line, the app serves', async (t) => {
+  const app = new App('cjs-server.cjs', {
+    env: { OTEL_SERVICE_NAME: 'bad-url', OTEL_EXPORTER_OTLP_ENDPOINT: 'vispyr-gateway:4318' },
+  });
+  t.after(() => app.kill());
+  await app.start();
+  await assertServes(app);
+  const state = JSON.parse((await app.get('/state')).body);
+  assert.equal(state.status, 'disabled');
+  const exit = await app.stop();
+  assert.equal(exit.signal, 'SIGTERM');
+  assert.deepEqual(app.vispyrLines(), [
+    'vispyr: instrumentation disabled: OTEL_EXPORTER_OTLP_ENDPOINT "vispyr-gateway:4318" is not an http:// or https:// URL',
+  ]);
+  assert.equal(app.stderr, `${app.vispyrLines()[0]}\n`);
+});
+
+test('payload without its dependencies: instrumentation disabled with one line, the app serves', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vispyr-nodeps-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.cpSync(path.join(PRELOAD_DIR, 'src'), path.join(dir, 'src'), { recursive: true });
+  fs.copyFileSync(path.join(PRELOAD_DIR, 'register.cjs'), path.join(dir, 'register.cjs'));
+  const app = new App('cjs-server.cjs', {
+    env: { ...fastExport(receiver.endpoint), OTEL_SERVICE_NAME: 'no-deps' },
+    preload: `--require "${path.join(dir, 'register.cjs')}"`,
+  });
+  t.after(() => app.kill());
+  await app.start();
+  await assertServes(app);
+  await app.stop();
+  assert.deepEqual(app.vispyrLines(), [
+    'vispyr: instrumentation disabled: missing dependency @opentelemetry/api (incomplete instrumentation payload?)',
+  ]);
+  assert.deepEqual(app.foreignStdout(), []);
+});

@@ -1,0 +1,53 @@
+// An ESM express application: the instrumentation of ES modules goes through
+// the module hooks the CommonJS preload registers (module.register).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { OtlpReceiver } from './support/otlp-receiver.mjs';
+import { App, fastExport, REGISTER_MJS } from './support/app.mjs';
+
+let receiver;
+before(async () => {
+  receiver = await new OtlpReceiver().start();
+});
+after(() => receiver.stop());
+
+async function exerciseExpress(t, service, preload) {
+  const app = new App('esm-express.mjs', {
+    env: { ...fastExport(receiver.endpoint), OTEL_SERVICE_NAME: service, OTEL_RESOURCE_ATTRIBUTES: `k8s.pod.name=${service}-0` },
+    preload,
+  });
+  t.after(() => app.kill());
+  await app.start();
+  assert.equal((await app.get('/users/42')).status, 200);
+  assert.equal((await app.get('/error')).status, 500);
+
+  const spans = await receiver.waitFor(`express spans of ${service}`, (r) => {
+    const s = r.spansOf(service);
+    const server = s.filter((x) => x.kind === 'SPAN_KIND_SERVER');
+    const express = s.filter((x) => x.scope === '@opentelemetry/instrumentation-express');
+    return server.length >= 2 && express.length >= 2 && s;
+  });
+  const server = spans.filter((s) => s.kind === 'SPAN_KIND_SERVER');
+  const users = server.find((s) => s.attributes['url.path'] === '/users/42');
+  const error = server.find((s) => s.attributes['url.path'] === '/error');
+  // The route in the server span's name comes from the express instrumentation,
+  // which sees ESM-imported express only through the module hooks.
+  assert.equal(users.name, 'GET /users/:id');
+  assert.equal(users.attributes['http.route'], '/users/:id');
+  assert.equal(users.status, 'STATUS_CODE_UNSET');
+  assert.equal(error.name, 'GET /error');
+  assert.equal(error.status, 'STATUS_CODE_ERROR');
+  assert.equal(error.attributes['http.response.status_code'], 500);
+  const handler = spans.find((s) => s.scope === '@opentelemetry/instrumentation-express' && s.traceId === users.traceId);
+  assert.ok(handler, 'an express span in the trace of GET /users/:id');
+  assert.equal(users.resource['k8s.pod.name'], `${service}-0`);
+
+  const exit = await app.stop('SIGTERM');
+  assert.equal(exit.signal, 'SIGTERM');
+  assert.deepEqual(app.foreignStdout(), []);
+  assert.equal(app.stderr, '', 'no warnings, no experimental-loader notices');
+}
+
+test('ESM express app with --require register.cjs', (t) => exerciseExpress(t, 'esm-require', undefined));
+
+test('ESM express app with --import register.mjs', (t) => exerciseExpress(t, 'esm-import', `--import "${REGISTER_MJS}"`));

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what builds and tests need on a fresh machine; a no-op when present.
+set -euo pipefail
+
+need_go="1.26"
+apt_packages=(build-essential pkg-config ca-certificates)
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+command -v rustup >/dev/null || { echo "deps: rustup is required (https://rustup.rs)" >&2; exit 1; }
+# rust-toolchain.toml names the toolchain and components; this installs them.
+(cd "$(dirname "$0")/.." && rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install)
+
+command -v go >/dev/null || { echo "deps: Go >= $need_go is required to build the pinned upstream tools" >&2; exit 1; }
+have_go="$(go env GOVERSION | sed 's/^go//')"
+if [[ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -n1)" != "$need_go" ]]; then
+  echo "deps: Go $have_go is too old, need >= $need_go" >&2; exit 1
+fi
