@@ -12,11 +12,13 @@ export CARGO_TARGET_DIR ?= $(CACHE)/target
 # The upstream tools the harness runs: directories of e2e/tools/.
 TOOLS := etcd kubernetes prometheus jaeger pyroscope helm
 
-.PHONY: help deps tools build test test-unit crds bench demo fmt lint clean-tools
+NODEJS := instrumentation/nodejs
+
+.PHONY: help deps tools build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds bench demo fmt lint clean-tools
 
 help:
 	@echo "make demo   bring up Vispyr on this machine with a demo Node.js app (not yet: see README)"
-	@echo "make test   every test, against real etcd, kube-apiserver, Prometheus, trace store, Pyroscope"
+	@echo "make test   every test, against real etcd, kube-apiserver, Prometheus, trace store, Pyroscope, Node.js"
 	@echo "make tools  build the pinned upstream tools into $(CACHE)/tools, linked from .tools/bin"
 	@echo "make build  build the workspace"
 	@echo "make crds   regenerate crds/ from the Rust types"
@@ -32,8 +34,22 @@ tools: deps
 build: deps
 	cargo build --workspace --all-targets --locked
 
-test: tools
+test: test-rust test-nodejs
+
+test-rust: tools
 	cargo test --workspace --locked --no-fail-fast
+
+# The Node.js preload, against apps started in child processes; then the same
+# suites against the built init-container payload, which is what pods get.
+test-nodejs: nodejs-payload
+	cd $(NODEJS) && npm test && npm run test:payload
+
+nodejs-deps: deps
+	cd $(NODEJS) && npm ci --no-audit --no-fund --loglevel=error
+
+# The init-container payload (production dependencies only); prints its size.
+nodejs-payload: nodejs-deps
+	CACHE=$(CACHE) $(NODEJS)/scripts/build-payload.sh
 
 # Pure-logic tests only, no upstream tools needed.
 test-unit: deps

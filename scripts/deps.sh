@@ -25,3 +25,7 @@ have_go="$(go env GOVERSION | sed 's/^go//')"
 if [[ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -n1)" != "$need_go" ]]; then
   echo "deps: Go $have_go is too old, need >= $need_go" >&2; exit 1
 fi
+
+for cmd in node npm; do
+  command -v "$cmd" >/dev/null || { echo "deps: $cmd is required (Node.js >= 18.19) for the instrumentation package" >&2; exit 1; }
+done

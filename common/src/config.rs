@@ -24,7 +24,7 @@ use crate::telemetry::LogFormat;
 
 /// sysexits.h EX_USAGE: the process was started with a configuration it
 /// cannot run with.
-const EX_USAGE: u8 = 64;
+pub(crate) const EX_USAGE: u8 = 64;
 
 /// Flags every Vispyr binary accepts; `#[command(flatten)]` it into the CLI.
 #[derive(Debug, Clone, Args)]

@@ -2,6 +2,7 @@
 //! admin server and the shutdown signal.
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;

@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use tempfile::TempDir;
 
 use crate::pki::Pki;
-use crate::process::{free_port, Process};
-use crate::{tool, Error};
+use crate::process::{Process, free_port};
+use crate::{Error, tool};
 
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -29,7 +29,10 @@ impl TestCluster {
     /// Starts etcd and kube-apiserver with RBAC, service-account tokens and the
     /// admission webhook plugins, and waits until the apiserver is ready.
     pub async fn start() -> Result<Self, Error> {
-        let dir = tempfile::Builder::new().prefix("vispyr-cluster-").tempdir().map_err(|e| Error::io(Path::new("/tmp"), e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("vispyr-cluster-")
+            .tempdir()
+            .map_err(|e| Error::io(Path::new("/tmp"), e))?;
         let root = dir.path().to_path_buf();
         let etcd = start_etcd(&root).await?;
         let (mut apiserver, url, kubeconfig) = start_apiserver(&root, etcd.1).await?;
@@ -40,12 +43,23 @@ impl TestCluster {
             .wait_ready(START_TIMEOUT, || {
                 let c = probe_client.clone();
                 async move {
-                    let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
-                    c.request_text(req).await.is_ok_and(|body| body.trim() == "ok")
+                    let req = http::Request::get("/readyz")
+                        .body(Vec::new())
+                        .expect("static request");
+                    c.request_text(req)
+                        .await
+                        .is_ok_and(|body| body.trim() == "ok")
                 }
             })
             .await?;
-        Ok(Self { apiserver, etcd: etcd.0, client, url, kubeconfig, dir })
+        Ok(Self {
+            apiserver,
+            etcd: etcd.0,
+            client,
+            url,
+            kubeconfig,
+            dir,
+        })
     }
 
     /// A client authenticated as cluster-admin (group `system:masters`).
@@ -79,7 +93,10 @@ impl TestCluster {
             .arg(&self.kubeconfig)
             .args(args)
             .output()
-            .map_err(|source| Error::Spawn { name: "kubectl".into(), source })?;
+            .map_err(|source| Error::Spawn {
+                name: "kubectl".into(),
+                source,
+            })?;
         if !out.status.success() {
             return Err(Error::backend(
                 format!("kubectl {}", args.join(" ")),
@@ -124,7 +141,10 @@ async fn start_etcd(root: &Path) -> Result<(Process, u16), Error> {
         let req = http.get(&health).send();
         async move {
             match req.await {
-                Ok(r) => r.text().await.is_ok_and(|b| b.contains("\"health\":\"true\"")),
+                Ok(r) => r
+                    .text()
+                    .await
+                    .is_ok_and(|b| b.contains("\"health\":\"true\"")),
                 Err(_) => false,
             }
         }
@@ -160,7 +180,10 @@ async fn start_apiserver(root: &Path, etcd_port: u16) -> Result<(Process, String
         .arg("--authorization-mode=RBAC")
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
         .arg(format!("--service-account-key-file={}", sa_pub.display()))
-        .arg(format!("--service-account-signing-key-file={}", sa_key.display()))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            sa_key.display()
+        ))
         .arg("--service-cluster-ip-range=10.96.0.0/24")
         .arg("--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook")
         // With no controller-manager, no namespace ever gets its "default"
@@ -181,7 +204,10 @@ async fn start_apiserver(root: &Path, etcd_port: u16) -> Result<(Process, String
         "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
         "current-context": "e2e",
     });
-    let kubeconfig_path = write("kubeconfig", &serde_yaml::to_string(&kubeconfig).expect("JSON value is YAML"))?;
+    let kubeconfig_path = write(
+        "kubeconfig",
+        &serde_yaml::to_string(&kubeconfig).expect("JSON value is YAML"),
+    )?;
     Ok((apiserver, url, kubeconfig_path))
 }
 

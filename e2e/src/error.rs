@@ -6,13 +6,27 @@ pub enum Error {
     #[error("{name} is not in {dir}: run `make tools` to build the pinned upstream tools")]
     MissingTool { name: String, dir: PathBuf },
     #[error("starting {name}: {source}")]
-    Spawn { name: String, source: std::io::Error },
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("{name} exited ({status}); its last log lines:\n{log}")]
-    Exited { name: String, status: String, log: String },
+    Exited {
+        name: String,
+        status: String,
+        log: String,
+    },
     #[error("{name} not ready after {after:?}; its last log lines:\n{log}")]
-    NotReady { name: String, after: Duration, log: String },
+    NotReady {
+        name: String,
+        after: Duration,
+        log: String,
+    },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("generating certificates: {0}")]
     Pki(#[from] rcgen::Error),
     #[error("kube client: {0}")]
@@ -20,22 +34,34 @@ pub enum Error {
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
     #[error("HTTP {what}: {source}")]
-    Http { what: String, source: reqwest::Error },
+    Http {
+        what: String,
+        source: reqwest::Error,
+    },
     #[error("{what}: {message}")]
     Backend { what: String, message: String },
 }
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub(crate) fn http(what: impl Into<String>, source: reqwest::Error) -> Self {
-        Self::Http { what: what.into(), source }
+        Self::Http {
+            what: what.into(),
+            source,
+        }
     }
 
     pub(crate) fn backend(what: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Backend { what: what.into(), message: message.into() }
+        Self::Backend {
+            what: what.into(),
+            message: message.into(),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ mod pki;
 pub mod process;
 mod tools;
 
-pub use backends::{Backends, Prometheus, Pyroscope, TraceStore};
+pub use backends::{Backends, Flamegraph, Prometheus, Pyroscope, TraceSpan, TraceStore};
 pub use cluster::TestCluster;
 pub use error::Error;
 pub use eventually::eventually;

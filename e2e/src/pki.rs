@@ -36,7 +36,9 @@ impl Pki {
             "kubernetes.default".to_string(),
             "kubernetes.default.svc".to_string(),
         ])?;
-        serving.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
         serving.distinguished_name = name("kube-apiserver", None);
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
 
@@ -51,7 +53,10 @@ impl Pki {
             admin: sign(admin, &ca)?,
             service_account_key: {
                 let key = KeyPair::generate()?;
-                Pem { cert: key.public_key_pem(), key: key.serialize_pem() }
+                Pem {
+                    cert: key.public_key_pem(),
+                    key: key.serialize_pem(),
+                }
             },
         })
     }
@@ -69,5 +74,8 @@ fn name(common: &str, organization: Option<&str>) -> DistinguishedName {
 fn sign(params: CertificateParams, ca: &CertifiedIssuer<'_, KeyPair>) -> Result<Pem, Error> {
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, ca)?;
-    Ok(Pem { cert: cert.pem(), key: key.serialize_pem() })
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -30,10 +30,15 @@ impl Process {
         let out = File::create(log).map_err(|e| Error::io(log, e))?;
         let err = out.try_clone().map_err(|e| Error::io(log, e))?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = spawner()
-            .spawn(cmd)
-            .map_err(|source| Error::Spawn { name: name.to_string(), source })?;
-        Ok(Self { name: name.to_string(), child, log: log.to_path_buf() })
+        let child = spawner().spawn(cmd).map_err(|source| Error::Spawn {
+            name: name.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -96,18 +101,20 @@ impl Process {
         let _ = self.child.wait();
     }
 
-    /// Asks the process to stop (SIGTERM) and waits up to `grace` for it.
-    pub fn terminate(&mut self, grace: Duration) {
-        // SAFETY: kill(2) on our own child's pid; it is reaped only below.
+    /// Asks the process to stop (SIGTERM) and waits up to `grace` for it;
+    /// `None` when it had to be killed.
+    pub fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid, which is reaped only below.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.kill();
+        None
     }
 }
 
@@ -183,6 +190,7 @@ impl Spawner {
             .unwrap_or_else(|p| p.into_inner())
             .send((cmd, tx))
             .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
-        rx.recv().map_err(|_| std::io::Error::other("spawner thread is gone"))?
+        rx.recv()
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?
     }
 }

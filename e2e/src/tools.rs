@@ -12,6 +12,9 @@ pub fn tool(name: &str) -> Result<PathBuf, Error> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(Error::MissingTool { name: name.to_string(), dir })
+        Err(Error::MissingTool {
+            name: name.to_string(),
+            dir,
+        })
     }
 }

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_client::ProfilesServiceClient;
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_client::ProfilesServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::profiles::v1development as otlp_profiles;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span};
-use vispyr_e2e::{eventually, Backends, Prometheus, Pyroscope, TraceStore};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
+use vispyr_e2e::{Backends, Prometheus, Pyroscope, TraceStore, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
@@ -22,22 +22,37 @@ const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
 /// A name no other test (or earlier run against the same backend) uses.
 fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}_{}_{nanos}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}_{}_{nanos}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn now_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn string_attr(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
         ..Default::default()
     }
 }
@@ -46,17 +61,27 @@ fn string_attr(key: &str, value: &str) -> KeyValue {
 async fn prometheus_remote_write_reads_back_by_promql() {
     let started = Instant::now();
     let prom = Prometheus::start().await.unwrap();
-    eprintln!("prometheus ready in {:?} at {}", started.elapsed(), prom.url());
+    eprintln!(
+        "prometheus ready in {:?} at {}",
+        started.elapsed(),
+        prom.url()
+    );
 
     let name = unique("vispyr_e2e_smoke");
     let written = labels(&[("__name__", &name), ("job", "smoke"), ("pod", "web-0")]);
     let other = labels(&[("__name__", &name), ("job", "smoke"), ("pod", "web-1")]);
-    prom.remote_write(&[(written.clone(), 42.5), (other.clone(), -1.0)]).await.unwrap();
+    prom.remote_write(&[(written.clone(), 42.5), (other.clone(), -1.0)])
+        .await
+        .unwrap();
 
     let selector = format!(r#"{name}{{pod="web-0"}}"#);
     let got = eventually(WAIT, || async {
         let r = prom.query(&selector).await.map_err(|e| e.to_string())?;
-        if r.is_empty() { Err("no series yet".to_string()) } else { Ok(r) }
+        if r.is_empty() {
+            Err("no series yet".to_string())
+        } else {
+            Ok(r)
+        }
     })
     .await
     .unwrap();
@@ -70,7 +95,10 @@ async fn prometheus_remote_write_reads_back_by_promql() {
 async fn prometheus_rejects_a_bad_query_with_its_own_message() {
     let prom = Prometheus::start().await.unwrap();
     let err = prom.query("sum(").await.unwrap_err().to_string();
-    assert!(err.contains("bad_data") && err.contains("parse error"), "{err}");
+    assert!(
+        err.contains("bad_data") && err.contains("parse error"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -89,7 +117,11 @@ async fn prometheus_bad_config_fails_start_with_its_log() {
 async fn trace_store_keeps_an_otlp_grpc_span_by_trace_id() {
     let started = Instant::now();
     let store = TraceStore::start().await.unwrap();
-    eprintln!("trace store ready in {:?}, OTLP gRPC at {}", started.elapsed(), store.otlp_grpc_endpoint());
+    eprintln!(
+        "trace store ready in {:?}, OTLP gRPC at {}",
+        started.elapsed(),
+        store.otlp_grpc_endpoint()
+    );
 
     let service = unique("checkout");
     let trace_id: [u8; 16] = *b"vispyr-e2e-trace";
@@ -98,9 +130,15 @@ async fn trace_store_keeps_an_otlp_grpc_span_by_trace_id() {
     let start = now_nanos();
     let request = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![string_attr("service.name", &service)], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: vec![string_attr("service.name", &service)],
+                ..Default::default()
+            }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "vispyr-e2e".into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "vispyr-e2e".into(),
+                    ..Default::default()
+                }),
                 spans: vec![Span {
                     trace_id: trace_id.to_vec(),
                     span_id: span_id.to_vec(),
@@ -116,13 +154,24 @@ async fn trace_store_keeps_an_otlp_grpc_span_by_trace_id() {
             ..Default::default()
         }],
     };
-    let mut client = TraceServiceClient::connect(store.otlp_grpc_endpoint()).await.unwrap();
+    let mut client = TraceServiceClient::connect(store.otlp_grpc_endpoint())
+        .await
+        .unwrap();
     let resp = client.export(request).await.unwrap().into_inner();
-    assert!(resp.partial_success.as_ref().is_none_or(|p| p.rejected_spans == 0), "{resp:?}");
+    assert!(
+        resp.partial_success
+            .as_ref()
+            .is_none_or(|p| p.rejected_spans == 0),
+        "{resp:?}"
+    );
 
     let spans = eventually(WAIT, || async {
         let spans = store.spans(&trace_hex).await.map_err(|e| e.to_string())?;
-        if spans.is_empty() { Err("trace not stored yet".to_string()) } else { Ok(spans) }
+        if spans.is_empty() {
+            Err("trace not stored yet".to_string())
+        } else {
+            Ok(spans)
+        }
     })
     .await
     .unwrap();
@@ -133,11 +182,29 @@ async fn trace_store_keeps_an_otlp_grpc_span_by_trace_id() {
     assert_eq!(s.service, service);
     assert_eq!(s.name, "GET /cart");
     assert_eq!(s.kind, span::SpanKind::Server as i64);
-    assert_eq!(s.attributes.get("http.route").map(String::as_str), Some("/cart"));
+    assert_eq!(
+        s.attributes.get("http.route").map(String::as_str),
+        Some("/cart")
+    );
 
-    assert_eq!(store.find_traces(&service, 10).await.unwrap(), vec![trace_hex]);
-    assert!(store.trace("0123456789abcdef0123456789abcdef").await.unwrap().is_none());
-    assert!(store.find_traces(&unique("nobody"), 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.find_traces(&service, 10).await.unwrap(),
+        vec![trace_hex]
+    );
+    assert!(
+        store
+            .trace("0123456789abcdef0123456789abcdef")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .find_traces(&unique("nobody"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// One CPU profile of `service`: `count` samples of main > handle_request >
@@ -145,38 +212,82 @@ async fn trace_store_keeps_an_otlp_grpc_span_by_trace_id() {
 /// a cpu/nanoseconds period, which Pyroscope turns into nanoseconds).
 fn cpu_profile(service: &str, count: i64) -> ExportProfilesServiceRequest {
     use otlp_profiles::*;
-    let strings = ["", "samples", "count", "cpu", "nanoseconds", "main", "handle_request", "compute_hash", "app.js"];
+    let strings = [
+        "",
+        "samples",
+        "count",
+        "cpu",
+        "nanoseconds",
+        "main",
+        "handle_request",
+        "compute_hash",
+        "app.js",
+    ];
     let s = |x: &str| strings.iter().position(|y| *y == x).unwrap() as i32;
-    let function = |name: &str| Function { name_strindex: s(name), filename_strindex: s("app.js"), ..Default::default() };
+    let function = |name: &str| Function {
+        name_strindex: s(name),
+        filename_strindex: s("app.js"),
+        ..Default::default()
+    };
     let location = |function_index: i32| Location {
         mapping_index: 0,
-        lines: vec![Line { function_index, line: 10 * i64::from(function_index), column: 0 }],
+        lines: vec![Line {
+            function_index,
+            line: 10 * i64::from(function_index),
+            column: 0,
+        }],
         ..Default::default()
     };
     // Index 0 of every table is the zero value, as the OTLP spec requires.
     let dictionary = ProfilesDictionary {
         string_table: strings.iter().map(|x| x.to_string()).collect(),
         mapping_table: vec![Mapping::default()],
-        function_table: vec![Function::default(), function("main"), function("handle_request"), function("compute_hash")],
+        function_table: vec![
+            Function::default(),
+            function("main"),
+            function("handle_request"),
+            function("compute_hash"),
+        ],
         location_table: vec![Location::default(), location(1), location(2), location(3)],
         // Leaf first, as in pprof.
-        stack_table: vec![Stack::default(), Stack { location_indices: vec![3, 2, 1] }],
+        stack_table: vec![
+            Stack::default(),
+            Stack {
+                location_indices: vec![3, 2, 1],
+            },
+        ],
         link_table: vec![Link::default()],
         attribute_table: vec![KeyValueAndUnit::default()],
     };
     let profile = Profile {
-        sample_type: Some(ValueType { type_strindex: s("samples"), unit_strindex: s("count") }),
-        period_type: Some(ValueType { type_strindex: s("cpu"), unit_strindex: s("nanoseconds") }),
+        sample_type: Some(ValueType {
+            type_strindex: s("samples"),
+            unit_strindex: s("count"),
+        }),
+        period_type: Some(ValueType {
+            type_strindex: s("cpu"),
+            unit_strindex: s("nanoseconds"),
+        }),
         period: 10_000_000,
         time_unix_nano: now_nanos(),
         duration_nano: 10_000_000_000,
-        samples: vec![Sample { stack_index: 1, values: vec![count], ..Default::default() }],
+        samples: vec![Sample {
+            stack_index: 1,
+            values: vec![count],
+            ..Default::default()
+        }],
         ..Default::default()
     };
     ExportProfilesServiceRequest {
         resource_profiles: vec![ResourceProfiles {
-            resource: Some(Resource { attributes: vec![string_attr("service.name", service)], ..Default::default() }),
-            scope_profiles: vec![ScopeProfiles { profiles: vec![profile], ..Default::default() }],
+            resource: Some(Resource {
+                attributes: vec![string_attr("service.name", service)],
+                ..Default::default()
+            }),
+            scope_profiles: vec![ScopeProfiles {
+                profiles: vec![profile],
+                ..Default::default()
+            }],
             ..Default::default()
         }],
         dictionary: Some(dictionary),
@@ -185,18 +296,34 @@ fn cpu_profile(service: &str, count: i64) -> ExportProfilesServiceRequest {
 
 /// Waits until `service`'s CPU profile is queryable; its total and the totals
 /// of the three functions of [`cpu_profile`].
-async fn wait_for_cpu_profile(pyro: &Pyroscope, service: &str) -> (i64, BTreeMap<&'static str, i64>) {
+async fn wait_for_cpu_profile(
+    pyro: &Pyroscope,
+    service: &str,
+) -> (i64, BTreeMap<&'static str, i64>) {
     let selector = format!(r#"{{service_name="{service}"}}"#);
     let now = SystemTime::now();
-    let (from, to) = (now - Duration::from_secs(3600), now + Duration::from_secs(3600));
+    let (from, to) = (
+        now - Duration::from_secs(3600),
+        now + Duration::from_secs(3600),
+    );
     let fg = eventually(WAIT, || async {
-        let fg = pyro.merged_profile(CPU, &selector, from, to).await.map_err(|e| e.to_string())?;
-        if fg.total == 0 { Err("profile not queryable yet".to_string()) } else { Ok(fg) }
+        let fg = pyro
+            .merged_profile(CPU, &selector, from, to)
+            .await
+            .map_err(|e| e.to_string())?;
+        if fg.total == 0 {
+            Err("profile not queryable yet".to_string())
+        } else {
+            Ok(fg)
+        }
     })
     .await
     .unwrap();
     eprintln!("flame graph of {service}: {fg:?}");
-    let functions = ["main", "handle_request", "compute_hash"].into_iter().map(|f| (f, fg.total_of(f))).collect();
+    let functions = ["main", "handle_request", "compute_hash"]
+        .into_iter()
+        .map(|f| (f, fg.total_of(f)))
+        .collect();
     (fg.total, functions)
 }
 
@@ -204,7 +331,11 @@ async fn wait_for_cpu_profile(pyro: &Pyroscope, service: &str) -> (i64, BTreeMap
 async fn pyroscope_merges_an_otlp_profile() {
     let started = Instant::now();
     let pyro = Pyroscope::start().await.unwrap();
-    eprintln!("pyroscope ready in {:?} at {}", started.elapsed(), pyro.url());
+    eprintln!(
+        "pyroscope ready in {:?} at {}",
+        started.elapsed(),
+        pyro.url()
+    );
 
     let service = unique("checkout");
     pyro.push_otlp(&cpu_profile(&service, 3)).await.unwrap();
@@ -212,15 +343,29 @@ async fn pyroscope_merges_an_otlp_profile() {
     let (total, functions) = wait_for_cpu_profile(&pyro, &service).await;
     // 3 samples x 10 ms period, all of them in each function of the stack.
     assert_eq!(total, 30_000_000);
-    assert_eq!(functions, BTreeMap::from([("main", 30_000_000), ("handle_request", 30_000_000), ("compute_hash", 30_000_000)]));
-    assert!(pyro.label_values("service_name").await.unwrap().contains(&service));
+    assert_eq!(
+        functions,
+        BTreeMap::from([
+            ("main", 30_000_000),
+            ("handle_request", 30_000_000),
+            ("compute_hash", 30_000_000)
+        ])
+    );
+    assert!(
+        pyro.label_values("service_name")
+            .await
+            .unwrap()
+            .contains(&service)
+    );
 }
 
 #[tokio::test]
 async fn pyroscope_takes_otlp_grpc_on_its_http_port() {
     let pyro = Pyroscope::start().await.unwrap();
     let service = unique("grpc");
-    let mut client = ProfilesServiceClient::connect(pyro.otlp_grpc_endpoint().to_string()).await.unwrap();
+    let mut client = ProfilesServiceClient::connect(pyro.otlp_grpc_endpoint().to_string())
+        .await
+        .unwrap();
     client.export(cpu_profile(&service, 2)).await.unwrap();
 
     let (total, functions) = wait_for_cpu_profile(&pyro, &service).await;
@@ -233,7 +378,22 @@ async fn all_backends_start_together() {
     let started = Instant::now();
     let b = Backends::start().await.unwrap();
     eprintln!("all backends ready in {:?}", started.elapsed());
-    assert_eq!(b.prometheus.query("vector(1)").await.unwrap(), vec![(BTreeMap::new(), 1.0)]);
-    assert!(b.traces.trace("00000000000000000000000000000001").await.unwrap().is_none());
-    assert!(b.pyroscope.label_values("service_name").await.unwrap().is_empty());
+    assert_eq!(
+        b.prometheus.query("vector(1)").await.unwrap(),
+        vec![(BTreeMap::new(), 1.0)]
+    );
+    assert!(
+        b.traces
+            .trace("00000000000000000000000000000001")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        b.pyroscope
+            .label_values("service_name")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

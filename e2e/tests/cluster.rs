@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::ResourceExt;
 use serde_json::json;
-use vispyr_e2e::{eventually, TestCluster};
+use vispyr_e2e::{TestCluster, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -22,7 +22,10 @@ async fn creates_namespace_and_serves_a_crd() {
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "smoke"}})).unwrap();
-    namespaces.create(&PostParams::default(), &ns).await.expect("namespace created");
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace created");
     assert_eq!(namespaces.get("smoke").await.unwrap().name_any(), "smoke");
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -43,7 +46,9 @@ async fn creates_namespace_and_serves_a_crd() {
         }
     }))
     .unwrap();
-    crds.create(&PostParams::default(), &crd).await.expect("CRD created");
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("CRD created");
 
     let gvk = GroupVersionKind::gvk("e2e.vispyr.io", "v1", "Widget");
     let widgets: Api<DynamicObject> =
@@ -65,9 +70,14 @@ async fn creates_namespace_and_serves_a_crd() {
         .create(&PostParams::default(), &widget("bad", 0))
         .await
         .expect_err("schema validation refuses size 0");
-    assert!(err.to_string().contains("spec.size"), "error names the field: {err}");
+    assert!(
+        err.to_string().contains("spec.size"),
+        "error names the field: {err}"
+    );
 
-    let listed = cluster.kubectl(&["get", "widgets", "-n", "smoke", "-o", "name"]).expect("kubectl works");
+    let listed = cluster
+        .kubectl(&["get", "widgets", "-n", "smoke", "-o", "name"])
+        .expect("kubectl works");
     assert_eq!(listed.trim(), "widget.e2e.vispyr.io/ok");
 }
 
@@ -75,7 +85,10 @@ async fn creates_namespace_and_serves_a_crd() {
 async fn enforces_rbac_for_impersonated_identities() {
     let cluster = TestCluster::start().await.expect("control plane starts");
     let nobody = cluster
-        .client_as("system:serviceaccount:default:nobody", &["system:serviceaccounts"])
+        .client_as(
+            "system:serviceaccount:default:nobody",
+            &["system:serviceaccounts"],
+        )
         .await
         .unwrap();
     let err = Api::<Secret>::namespaced(nobody, "default")
@@ -116,7 +129,11 @@ async fn calls_a_webhook_served_by_the_test_process() {
         }]
     }))
     .unwrap();
-    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration");
+    let gvk = GroupVersionKind::gvk(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+    );
     Api::<DynamicObject>::all_with(cluster.client(), &ApiResource::from_gvk(&gvk))
         .create(&PostParams::default(), &config)
         .await
@@ -125,10 +142,21 @@ async fn calls_a_webhook_served_by_the_test_process() {
     let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
     // The apiserver picks up new webhook configurations asynchronously.
     let stored = eventually(WAIT, || async {
-        let name = format!("cm-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-        let cm: ConfigMap =
-            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"e2e": "label-me"}}})).unwrap();
-        let created = configmaps.create(&PostParams::default(), &cm).await.map_err(|e| e.to_string())?;
+        let name = format!(
+            "cm-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"e2e": "label-me"}}}),
+        )
+        .unwrap();
+        let created = configmaps
+            .create(&PostParams::default(), &cm)
+            .await
+            .map_err(|e| e.to_string())?;
         match created.labels().get("mutated-by") {
             Some(_) => Ok(created),
             None => Err(format!("not mutated yet: {:?}", created.labels())),
@@ -136,7 +164,10 @@ async fn calls_a_webhook_served_by_the_test_process() {
     })
     .await
     .expect("the webhook's patch is applied");
-    assert_eq!(stored.labels().get("mutated-by").map(String::as_str), Some("e2e-webhook"));
+    assert_eq!(
+        stored.labels().get("mutated-by").map(String::as_str),
+        Some("e2e-webhook")
+    );
 }
 
 fn base64(text: &str) -> String {
@@ -149,18 +180,22 @@ fn base64(text: &str) -> String {
 async fn serve_labelling_webhook() -> (SocketAddr, String) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
     let cert = params.self_signed(&key).unwrap();
 
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
     let app = axum::Router::new().route(
@@ -183,14 +218,20 @@ async fn serve_labelling_webhook() -> (SocketAddr, String) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
             });
         }
     });

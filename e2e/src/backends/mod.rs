@@ -22,8 +22,8 @@ use tempfile::TempDir;
 use crate::Error;
 
 pub use prometheus::Prometheus;
-pub use pyroscope::Pyroscope;
-pub use trace_store::TraceStore;
+pub use pyroscope::{Flamegraph, Pyroscope};
+pub use trace_store::{TraceSpan, TraceStore};
 
 /// How long a backend may take to become ready on a loaded 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -44,7 +44,11 @@ impl Backends {
     pub async fn start() -> Result<Self, Error> {
         let (prometheus, traces, pyroscope) =
             tokio::try_join!(Prometheus::start(), TraceStore::start(), Pyroscope::start())?;
-        Ok(Self { prometheus, traces, pyroscope })
+        Ok(Self {
+            prometheus,
+            traces,
+            pyroscope,
+        })
     }
 }
 
@@ -105,7 +109,10 @@ async fn checked(what: &str, resp: reqwest::Response) -> Result<reqwest::Respons
         return Ok(resp);
     }
     let body = resp.text().await.unwrap_or_default();
-    Err(Error::backend(what, format!("HTTP {status}: {}", body.trim())))
+    Err(Error::backend(
+        what,
+        format!("HTTP {status}: {}", body.trim()),
+    ))
 }
 
 async fn json(what: &str, resp: reqwest::Response) -> Result<serde_json::Value, Error> {
@@ -113,5 +120,7 @@ async fn json(what: &str, resp: reqwest::Response) -> Result<serde_json::Value, 
 }
 
 fn millis(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

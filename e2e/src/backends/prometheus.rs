@@ -7,9 +7,11 @@ use std::time::SystemTime;
 use prost::Message;
 use tempfile::TempDir;
 
-use super::{command, http_client, http_ok, json, millis, send, temp_dir, write_file, START_TIMEOUT};
-use crate::process::{free_port, Process};
+use super::{
+    START_TIMEOUT, command, http_client, http_ok, json, millis, send, temp_dir, write_file,
+};
 use crate::Error;
+use crate::process::{Process, free_port};
 
 /// No scrape jobs: tests push what they want stored. Out-of-order ingestion
 /// stays off, as in a default install, so a writer that sends samples out of
@@ -44,7 +46,10 @@ impl Prometheus {
 
         let mut cmd = command("prometheus", root)?;
         cmd.arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.tsdb.path={}", root.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                root.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--web.enable-remote-write-receiver")
             .arg("--web.enable-otlp-receiver");
@@ -52,8 +57,15 @@ impl Prometheus {
 
         let http = http_client();
         let ready = format!("{url}/-/ready");
-        process.wait_ready(START_TIMEOUT, || http_ok(&http, &ready)).await?;
-        Ok(Self { process, url, http, dir })
+        process
+            .wait_ready(START_TIMEOUT, || http_ok(&http, &ready))
+            .await?;
+        Ok(Self {
+            process,
+            url,
+            http,
+            dir,
+        })
     }
 
     /// Base URL of the HTTP API and UI.
@@ -107,8 +119,11 @@ impl Prometheus {
     /// of a vector result, or one entry with no labels for a scalar.
     pub async fn query(&self, promql: &str) -> Result<Vec<(Labels, f64)>, Error> {
         let what = format!("prometheus query {promql}");
-        let url = reqwest::Url::parse_with_params(&format!("{}/api/v1/query", self.url), &[("query", promql)])
-            .map_err(|e| Error::backend(&what, e.to_string()))?;
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.url),
+            &[("query", promql)],
+        )
+        .map_err(|e| Error::backend(&what, e.to_string()))?;
         let resp = json(&what, send(&what, self.http.get(url)).await?).await?;
         parse_query_response(&resp).map_err(|m| Error::backend(&what, m))
     }
@@ -149,13 +164,22 @@ struct Sample {
 fn encode_write_request(samples: &[(Labels, f64)], timestamp_ms: i64) -> Vec<u8> {
     let mut series: BTreeMap<&Labels, Vec<Sample>> = BTreeMap::new();
     for (labels, value) in samples {
-        series.entry(labels).or_default().push(Sample { value: *value, timestamp: timestamp_ms });
+        series.entry(labels).or_default().push(Sample {
+            value: *value,
+            timestamp: timestamp_ms,
+        });
     }
     let req = WriteRequest {
         timeseries: series
             .into_iter()
             .map(|(labels, samples)| TimeSeries {
-                labels: labels.iter().map(|(name, value)| Label { name: name.clone(), value: value.clone() }).collect(),
+                labels: labels
+                    .iter()
+                    .map(|(name, value)| Label {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
                 samples,
             })
             .collect(),
@@ -193,12 +217,16 @@ fn parse_query_response(resp: &serde_json::Value) -> Result<Vec<(Labels, f64)>, 
 
 /// `[<unix seconds>, "<value>"]`, the value spelled as Prometheus does.
 fn sample_value(pair: &serde_json::Value) -> Result<f64, String> {
-    let s = pair[1].as_str().ok_or_else(|| format!("bad sample {pair}"))?;
+    let s = pair[1]
+        .as_str()
+        .ok_or_else(|| format!("bad sample {pair}"))?;
     match s {
         "+Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
         "NaN" => Ok(f64::NAN),
-        _ => s.parse().map_err(|e| format!("bad sample value {s:?}: {e}")),
+        _ => s
+            .parse()
+            .map_err(|e| format!("bad sample value {s:?}: {e}")),
     }
 }
 
@@ -209,7 +237,10 @@ mod tests {
     #[test]
     fn write_request_groups_series_and_sorts_labels() {
         let labels = |pairs: &[(&str, &str)]| -> Labels {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         let a = labels(&[("job", "x"), ("__name__", "m")]);
         let b = labels(&[("__name__", "m"), ("job", "y")]);
@@ -221,7 +252,19 @@ mod tests {
         let names: Vec<_> = first.labels.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["__name__", "job"]);
         assert_eq!(first.labels[1].value, "x");
-        assert_eq!(first.samples, [Sample { value: 1.0, timestamp: 42 }, Sample { value: 3.0, timestamp: 42 }]);
+        assert_eq!(
+            first.samples,
+            [
+                Sample {
+                    value: 1.0,
+                    timestamp: 42
+                },
+                Sample {
+                    value: 3.0,
+                    timestamp: 42
+                }
+            ]
+        );
     }
 
     #[test]
@@ -235,8 +278,16 @@ mod tests {
         assert_eq!(got[0].1, 2.25);
         assert_eq!(got[1].1, f64::INFINITY);
         let s = serde_json::json!({"status": "success", "data": {"resultType": "scalar", "result": [1, "7"]}});
-        assert_eq!(parse_query_response(&s).unwrap(), vec![(BTreeMap::new(), 7.0)]);
-        let e = serde_json::json!({"status": "error", "errorType": "bad_data", "error": "parse error"});
-        assert!(parse_query_response(&e).unwrap_err().contains("parse error"));
+        assert_eq!(
+            parse_query_response(&s).unwrap(),
+            vec![(BTreeMap::new(), 7.0)]
+        );
+        let e =
+            serde_json::json!({"status": "error", "errorType": "bad_data", "error": "parse error"});
+        assert!(
+            parse_query_response(&e)
+                .unwrap_err()
+                .contains("parse error")
+        );
     }
 }

@@ -13,9 +13,9 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::{
 use prost::Message;
 use tempfile::TempDir;
 
-use super::{command, http_client, http_ok, json, millis, send, temp_dir, START_TIMEOUT};
-use crate::process::{free_port, Process};
+use super::{START_TIMEOUT, command, http_client, http_ok, json, millis, send, temp_dir};
 use crate::Error;
+use crate::process::{Process, free_port};
 
 pub struct Pyroscope {
     // Field order is drop order: the process goes before its dir.
@@ -41,7 +41,10 @@ pub struct Flamegraph {
 impl Flamegraph {
     /// Total of every node named `name` (0 if absent).
     pub fn total_of(&self, name: &str) -> i64 {
-        self.nodes().filter(|n| self.names.get(n[3] as usize).is_some_and(|s| s == name)).map(|n| n[1]).sum()
+        self.nodes()
+            .filter(|n| self.names.get(n[3] as usize).is_some_and(|s| s == name))
+            .map(|n| n[1])
+            .sum()
     }
 
     fn nodes(&self) -> impl Iterator<Item = &[i64]> {
@@ -88,7 +91,10 @@ impl Pyroscope {
             .arg(format!("-storage.filesystem.dir={}", path("bucket")))
             .arg(format!("-pyroscopedb.data-path={}", path("data")))
             .arg(format!("-compactor.data-dir={}", path("compactor")))
-            .arg(format!("-blocks-storage.bucket-store.sync-dir={}", path("sync")))
+            .arg(format!(
+                "-blocks-storage.bucket-store.sync-dir={}",
+                path("sync")
+            ))
             // Nothing that talks to the network or to itself.
             .arg("-self-profiling.disable-push=true")
             .arg("-usage-stats.enabled=false")
@@ -97,8 +103,15 @@ impl Pyroscope {
 
         let http = http_client();
         let ready = format!("{url}/ready");
-        process.wait_ready(START_TIMEOUT, || http_ok(&http, &ready)).await?;
-        Ok(Self { process, url, http, dir })
+        process
+            .wait_ready(START_TIMEOUT, || http_ok(&http, &ready))
+            .await?;
+        Ok(Self {
+            process,
+            url,
+            http,
+            dir,
+        })
     }
 
     /// Base URL: HTTP API, OTLP/HTTP profiles and OTLP/gRPC profiles (h2c).
@@ -133,13 +146,20 @@ impl Pyroscope {
             .post(self.otlp_profiles_url())
             .header("Content-Type", "application/x-protobuf")
             .body(request.encode_to_vec());
-        let body = send(what, req).await?.bytes().await.map_err(|e| Error::http(what, e))?;
+        let body = send(what, req)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| Error::http(what, e))?;
         let resp = ExportProfilesServiceResponse::decode(body.as_ref())
             .map_err(|e| Error::backend(what, format!("undecodable response: {e}")))?;
         match resp.partial_success {
             Some(p) if p.rejected_profiles > 0 => Err(Error::backend(
                 what,
-                format!("{} profiles rejected: {}", p.rejected_profiles, p.error_message),
+                format!(
+                    "{} profiles rejected: {}",
+                    p.rejected_profiles, p.error_message
+                ),
             )),
             _ => Ok(()),
         }
@@ -184,7 +204,12 @@ impl Pyroscope {
     }
 
     /// A unary Connect call with JSON bodies to the querier service.
-    async fn connect(&self, method: &str, what: &str, body: &serde_json::Value) -> Result<serde_json::Value, Error> {
+    async fn connect(
+        &self,
+        method: &str,
+        what: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
         let req = self
             .http
             .post(format!("{}/querier.v1.QuerierService/{method}", self.url))
@@ -196,7 +221,11 @@ impl Pyroscope {
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -216,9 +245,22 @@ fn parse_flamegraph(fg: &serde_json::Value) -> Result<Flamegraph, String> {
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .map(|l| l["values"].as_array().map(Vec::as_slice).unwrap_or_default().iter().map(int64).collect())
+        .map(|l| {
+            l["values"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(int64)
+                .collect()
+        })
         .collect::<Result<_, _>>()?;
-    Ok(Flamegraph { names: strings(&fg["names"]), levels, total: int64(&fg["total"])?, max_self: int64(&fg["maxSelf"])? })
+    Ok(Flamegraph {
+        names: strings(&fg["names"]),
+        levels,
+        total: int64(&fg["total"])?,
+        max_self: int64(&fg["maxSelf"])?,
+    })
 }
 
 #[cfg(test)]

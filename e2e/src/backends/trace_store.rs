@@ -8,9 +8,11 @@ use std::path::Path;
 
 use tempfile::TempDir;
 
-use super::{checked, command, http_client, http_ok, json, tcp_open, temp_dir, write_file, START_TIMEOUT};
-use crate::process::{free_port, Process};
+use super::{
+    START_TIMEOUT, checked, command, http_client, http_ok, json, tcp_open, temp_dir, write_file,
+};
 use crate::Error;
+use crate::process::{Process, free_port};
 
 pub struct TraceStore {
     // Field order is drop order: the process goes before its dir.
@@ -66,7 +68,14 @@ impl TraceStore {
                 async move { up.await && tcp_open(otlp_grpc_port) && tcp_open(otlp_http_port) }
             })
             .await?;
-        Ok(Self { process, otlp_grpc_port, otlp_http_port, query_url, http, dir })
+        Ok(Self {
+            process,
+            otlp_grpc_port,
+            otlp_http_port,
+            query_url,
+            http,
+            dir,
+        })
     }
 
     /// OTLP/gRPC endpoint, `http://127.0.0.1:<port>`.
@@ -97,8 +106,16 @@ impl TraceStore {
     pub async fn trace(&self, trace_id_hex: &str) -> Result<Option<serde_json::Value>, Error> {
         let what = format!("trace {trace_id_hex}");
         // raw_traces: what was stored, without Jaeger's display adjusters.
-        let url = format!("{}/api/v3/traces/{trace_id_hex}?raw_traces=true", self.query_url);
-        let resp = self.http.get(url).send().await.map_err(|e| Error::http(&what, e))?;
+        let url = format!(
+            "{}/api/v3/traces/{trace_id_hex}?raw_traces=true",
+            self.query_url
+        );
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| Error::http(&what, e))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -109,7 +126,11 @@ impl TraceStore {
 
     /// The spans of a trace, flattened; empty if the trace is not stored (yet).
     pub async fn spans(&self, trace_id_hex: &str) -> Result<Vec<TraceSpan>, Error> {
-        Ok(self.trace(trace_id_hex).await?.map(|t| spans_of(&t)).unwrap_or_default())
+        Ok(self
+            .trace(trace_id_hex)
+            .await?
+            .map(|t| spans_of(&t))
+            .unwrap_or_default())
     }
 
     /// IDs (lowercase hex) of up to `limit` traces with a span of `service`.
@@ -128,7 +149,12 @@ impl TraceStore {
             ],
         )
         .map_err(|e| Error::backend(&what, e.to_string()))?;
-        let resp = self.http.get(url).send().await.map_err(|e| Error::http(&what, e))?;
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| Error::http(&what, e))?;
         // Jaeger answers 404 "No traces found" to an empty search.
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(Vec::new());
@@ -155,7 +181,9 @@ fn spans_of(traces: &serde_json::Value) -> Vec<TraceSpan> {
     }
     let mut out = Vec::new();
     for rs in list(traces, "resourceSpans") {
-        let service = attributes(&rs["resource"]).remove("service.name").unwrap_or_default();
+        let service = attributes(&rs["resource"])
+            .remove("service.name")
+            .unwrap_or_default();
         for ss in list(rs, "scopeSpans") {
             for span in list(ss, "spans") {
                 let text = |k: &str| span[k].as_str().unwrap_or_default().to_ascii_lowercase();
@@ -177,7 +205,9 @@ fn spans_of(traces: &serde_json::Value) -> Vec<TraceSpan> {
 /// `[{"key": k, "value": {"stringValue": v}}, ...]` as a map; other value
 /// kinds keep their JSON spelling (`intValue` is a string in OTLP JSON).
 fn attributes(holder: &serde_json::Value) -> BTreeMap<String, String> {
-    let Some(attrs) = holder["attributes"].as_array() else { return BTreeMap::new() };
+    let Some(attrs) = holder["attributes"].as_array() else {
+        return BTreeMap::new();
+    };
     attrs
         .iter()
         .filter_map(|kv| {

@@ -60,6 +60,9 @@ mkdir -p "$next"
 cp -R "$cached/node_modules" "$next/node_modules"
 cp register.cjs register.mjs package.json "$next/"
 cp -R src "$next/src"
+# Readable by any user (the init container and the application may run as
+# different users), same modes and times on every build.
+chmod -R u=rwX,go=rX "$next"
 find "$next" -exec touch -h -d "@$EPOCH" {} +
 rm -rf "$OUT.old"
 if [[ -d "$OUT" ]]; then mv "$OUT" "$OUT.old"; fi

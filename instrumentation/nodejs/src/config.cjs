@@ -143,7 +143,9 @@ function k8sAttributes(env) {
 const HANDLED_PHRASES = [/Unsupported OTLP (traces |metrics |logs )?protocol/i, /OTEL_TRACES_SAMPLER/];
 
 // SDK warnings about deliberate settings, not problems (OTEL_TRACES_EXPORTER=none).
-const BENIGN_PHRASES = [/contains "none"/];
+// "fastify" in OTEL_NODE_*_INSTRUMENTATIONS names @fastify/otel, which the
+// auto-instrumentations package does not know.
+const BENIGN_PHRASES = [/contains "none"/, /instrumentation name "@opentelemetry\/instrumentation-fastify" not found/];
 
 /** Whether an SDK diag message is about a variable this module checks, or benign. */
 function aboutHandledVariable(message) {

@@ -27,8 +27,6 @@ function warn(line) {
   }
 }
 
-var guards = require('./guards.cjs');
-
 function envTrue(name) {
   var v = process.env[name];
   return typeof v === 'string' && v.trim().toLowerCase() === 'true';
@@ -36,6 +34,7 @@ function envTrue(name) {
 
 function main() {
   if (global[STATE_KEY]) return; // loaded twice (e.g. --require given twice)
+  var guards = require('./guards.cjs');
   var state = { status: 'starting', reason: undefined, problems: [] };
   Object.defineProperty(global, STATE_KEY, { value: state, enumerable: false });
 
@@ -46,8 +45,8 @@ function main() {
     // no worker_threads: a very old Node.js, refused below.
   }
   if (!isMainThread) {
-    // Worker threads (and Node's module-hooks thread) inherit the preload: the
-    // process-wide SDK lives in the main thread only.
+    // Worker threads inherit the preload: the process-wide SDK lives in the
+    // main thread only.
     state.status = 'skipped';
     state.reason = 'not the main thread';
     return;

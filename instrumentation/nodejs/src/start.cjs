@@ -87,6 +87,28 @@ function isOtlpRequest(targets) {
   };
 }
 
+/**
+ * Fastify: the OpenTelemetry fastify instrumentation was retired from the
+ * auto-instrumentations in favour of @fastify/otel, maintained by the fastify
+ * team. It hooks fastify through the 'fastify.initialization' diagnostics
+ * channel (no module patching, so ESM needs nothing more). Honours
+ * OTEL_NODE_ENABLED_INSTRUMENTATIONS / OTEL_NODE_DISABLED_INSTRUMENTATIONS
+ * with the name "fastify". Returns a problem sentence, or null.
+ */
+function addFastify(instrumentations) {
+  const list = (name) => (envValue(name) || '').split(',').map((s) => s.trim()).filter(Boolean);
+  const enabled = list('OTEL_NODE_ENABLED_INSTRUMENTATIONS');
+  if (list('OTEL_NODE_DISABLED_INSTRUMENTATIONS').includes('fastify')) return null;
+  if (enabled.length > 0 && !enabled.includes('fastify')) return null;
+  try {
+    const { FastifyOtelInstrumentation } = require('@fastify/otel');
+    instrumentations.push(new FastifyOtelInstrumentation({ registerOnInitialization: true }));
+    return null;
+  } catch (err) {
+    return `fastify instrumentation ignored: ${String((err && err.message) || err).split('\n')[0]}`;
+  }
+}
+
 /** Module names the enabled instrumentations patch, for the ESM hook's include list. */
 function hookedModuleNames(instrumentations) {
   const names = new Set();
@@ -151,12 +173,24 @@ function installExitHooks(api, sdk, timeoutMs) {
   const handlers = {};
   for (const signal of ['SIGTERM', 'SIGINT']) {
     const handler = () => {
-      const appHandles = process.listeners(signal).some((l) => l !== handler);
+      const others = process.listeners(signal).filter((l) => l !== handler).length;
+      // signal-exit's handlers (one per loaded copy) only re-raise the signal
+      // when they are alone: with nothing else listening, the process ends by
+      // the signal as with Node's default, so flush first as below.
+      const appHandles = others > 0 && others !== signalExitListeners();
       if (appHandles) {
-        // The application has its own handler and decides when to exit (it
-        // may drain first): export what is pending now, the rest at
-        // beforeExit or with the next periodic export.
+        // The application (or a library of it) has its own handler and
+        // decides when to exit (it may drain first): export what is pending
+        // now, the rest at beforeExit or with the next periodic export.
         flush().catch(() => {});
+        // Step aside for the rest of this signal's delivery: libraries such
+        // as signal-exit re-raise the signal only when their handlers are
+        // the only listeners, and must still see that. Back in place for
+        // the next signal.
+        process.removeListener(signal, handler);
+        setImmediate(() => {
+          if (!process.listeners(signal).includes(handler)) process.prependListener(signal, handler);
+        });
         return;
       }
       if (shutdown) {
@@ -182,6 +216,18 @@ function installExitHooks(api, sdk, timeoutMs) {
   return handlers;
 }
 
+/** How many SIGTERM (or SIGINT) listeners the loaded copies of signal-exit (v3, v4) hold. */
+function signalExitListeners() {
+  let n = 0;
+  const v4 = global[Symbol.for('signal-exit emitter')];
+  if (v4 && typeof v4.count === 'number') n += v4.count;
+  const v3 = process.__signal_exit_emitter__;
+  if (v3 && typeof v3.count === 'number') n += v3.count;
+  return n;
+}
+
+// Ends the process by the signal, as Node's default action would: with our
+// handler gone, any handler left (signal-exit's) runs and re-raises it itself.
 function reraise(signal, handler) {
   process.removeListener(signal, handler);
   process.kill(process.pid, signal);
@@ -220,6 +266,7 @@ function start() {
 
   let sdk;
   let instrumentations = [];
+  const startProblems = [];
   try {
     const { NodeSDK } = require('@opentelemetry/sdk-node');
     const { defaultResource, resourceFromAttributes } = require('@opentelemetry/resources');
@@ -233,6 +280,8 @@ function start() {
       for (const name of LOG_SENDING_INSTRUMENTATIONS) instrumentationConfig[name] = { disableLogSending: true };
     }
     instrumentations = auto.getNodeAutoInstrumentations(instrumentationConfig);
+    const fastifyProblem = addFastify(instrumentations);
+    if (fastifyProblem) startProblems.push(fastifyProblem);
     const resourceDetectors = withEnv(
       { OTEL_NODE_RESOURCE_DETECTORS: envValue('OTEL_NODE_RESOURCE_DETECTORS') || DEFAULT_RESOURCE_DETECTORS },
       () => auto.getResourceDetectors(),
@@ -266,7 +315,7 @@ function start() {
     throw err;
   }
 
-  const problems = [...levelProblems, ...checked.problems];
+  const problems = [...levelProblems, ...checked.problems, ...startProblems];
   const esmProblem = (() => {
     try {
       return registerEsmHook(instrumentations);

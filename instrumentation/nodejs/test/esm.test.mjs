@@ -51,3 +51,29 @@ async function exerciseExpress(t, service, preload) {
 test('ESM express app with --require register.cjs', (t) => exerciseExpress(t, 'esm-require', undefined));
 
 test('ESM express app with --import register.mjs', (t) => exerciseExpress(t, 'esm-import', `--import "${REGISTER_MJS}"`));
+
+test('ESM fastify app: route spans from @fastify/otel, 500 is an error', async (t) => {
+  const service = 'esm-fastify';
+  const app = new App('esm-fastify.mjs', { env: { ...fastExport(receiver.endpoint), OTEL_SERVICE_NAME: service } });
+  t.after(() => app.kill());
+  await app.start();
+  assert.equal((await app.get('/items/7')).status, 200);
+  assert.equal((await app.get('/fail')).status, 500);
+  const spans = await receiver.waitFor('fastify spans', (r) => {
+    const s = r.spansOf(service);
+    return s.filter((x) => x.kind === 'SPAN_KIND_SERVER').length >= 2 && s.filter((x) => x.scope === '@fastify/otel').length >= 2 && s;
+  });
+  const server = spans.filter((s) => s.kind === 'SPAN_KIND_SERVER');
+  const items = server.find((s) => s.attributes['url.path'] === '/items/7');
+  const fail = server.find((s) => s.attributes['url.path'] === '/fail');
+  assert.equal(items.name, 'GET /items/:id');
+  assert.equal(items.status, 'STATUS_CODE_UNSET');
+  assert.equal(fail.name, 'GET /fail');
+  assert.equal(fail.status, 'STATUS_CODE_ERROR');
+  const request = spans.find((s) => s.scope === '@fastify/otel' && s.name === 'request' && s.traceId === items.traceId);
+  assert.ok(request, 'a @fastify/otel request span in the trace of GET /items/:id');
+  assert.equal(request.parentSpanId, items.spanId);
+  await app.stop();
+  assert.deepEqual(app.foreignStdout(), []);
+  assert.equal(app.stderr, '');
+});

@@ -47,6 +47,28 @@ test("SIGTERM with the app's own handler: the handler runs, the app drains and e
   assert.ok(receiver.spansOf(service).some((s) => s.kind === 'SPAN_KIND_SERVER'));
 });
 
+test('an app using signal-exit (re-raises when alone) still ends by SIGTERM, after the flush', async (t) => {
+  const service = 'signal-exit';
+  const app = new App('signal-exit-app.cjs', { env: holdBatches(service) });
+  t.after(() => app.kill());
+  await app.start();
+  assert.equal((await app.get('/')).status, 200);
+  const exit = await app.stop('SIGTERM');
+  assert.deepEqual(exit, { code: null, signal: 'SIGTERM' });
+  assert.equal(app.stderr, 'app: onExit null SIGTERM\n');
+  assert.ok(receiver.spansOf(service).some((s) => s.kind === 'SPAN_KIND_SERVER'), 'server span flushed before exit');
+});
+
+test('a library handler that re-raises SIGTERM only when alone still ends the process', async (t) => {
+  const app = new App('cjs-server.cjs', { env: { ...holdBatches('reraise-if-alone'), FIXTURE_HANDLES_SIGTERM: 'reraise-if-alone' } });
+  t.after(() => app.kill());
+  await app.start();
+  assert.equal((await app.get('/')).status, 200);
+  const exit = await app.stop('SIGTERM');
+  assert.deepEqual(exit, { code: null, signal: 'SIGTERM' });
+  assert.equal(app.stderr, 'app: cleanup\n');
+});
+
 test('a process that ends on its own: spans flushed at beforeExit, exit code 0', async (t) => {
   const service = 'oneshot';
   const app = new App('oneshot.cjs', { env: holdBatches(service) });

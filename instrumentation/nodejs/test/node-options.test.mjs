@@ -3,7 +3,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { OtlpReceiver } from './support/otlp-receiver.mjs';
-import { App, fastExport, REGISTER_CJS } from './support/app.mjs';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { App, eventually, fastExport, REGISTER_CJS } from './support/app.mjs';
 
 let receiver;
 before(async () => {
@@ -36,3 +39,25 @@ for (const [label, nodeOptions, preload] of [
     assert.deepEqual(app.vispyrLines(), []);
   });
 }
+
+test("the webhook's NODE_OPTIONS with the profiler's V8 perf-map flags: accepted, traced, perf map written", async (t) => {
+  // Exactly what the operator sets (see operator/tests/golden/*/patched.yaml).
+  const service = 'perf-flags';
+  const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'vispyr-perf-'));
+  t.after(() => fs.rmSync(cwd, { recursive: true, force: true }));
+  const app = new App('cjs-server.cjs', {
+    env: { ...fastExport(receiver.endpoint), OTEL_SERVICE_NAME: service },
+    preload: `--require "${REGISTER_CJS}" --perf-basic-prof-only-functions --interpreted-frames-native-stack`,
+    cwd,
+  });
+  t.after(() => app.kill());
+  await app.start();
+  const perfMap = `/tmp/perf-${app.child.pid}.map`;
+  t.after(() => fs.rmSync(perfMap, { force: true }));
+  assert.equal((await app.get('/')).status, 200);
+  await receiver.waitFor(`a server span of ${service}`, (r) => r.spansOf(service).some((s) => s.kind === 'SPAN_KIND_SERVER'));
+  await eventually('the V8 perf map', () => fs.existsSync(perfMap) && fs.statSync(perfMap).size > 0);
+  await app.stop();
+  assert.deepEqual(app.foreignStdout(), []);
+  assert.equal(app.stderr, '');
+});
