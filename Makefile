@@ -36,7 +36,7 @@ build: deps
 
 test: test-rust test-nodejs
 
-test-rust: tools
+test-rust: tools lint
 	cargo test --workspace --locked --no-fail-fast
 
 # The Node.js preload, against apps started in child processes; then the same
