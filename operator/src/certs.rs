@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::ByteString;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
@@ -41,7 +41,10 @@ pub struct CertPolicy {
 
 impl Default for CertPolicy {
     fn default() -> Self {
-        Self { validity: Duration::from_secs(90 * 86_400), renew_before: Duration::from_secs(30 * 86_400) }
+        Self {
+            validity: Duration::from_secs(90 * 86_400),
+            renew_before: Duration::from_secs(30 * 86_400),
+        }
     }
 }
 
@@ -58,7 +61,11 @@ pub struct CertBundle {
 impl CertBundle {
     /// A new CA and a serving certificate for `dns_names`, valid from now for
     /// `policy.validity`. `previous_ca` stays in the bundle while it is valid.
-    pub fn issue(dns_names: &[String], policy: &CertPolicy, previous: Option<&CertBundle>) -> Result<Self, Error> {
+    pub fn issue(
+        dns_names: &[String],
+        policy: &CertPolicy,
+        previous: Option<&CertBundle>,
+    ) -> Result<Self, Error> {
         let now = SystemTime::now();
         let not_after = now + policy.validity;
         let window = |p: &mut CertificateParams| {
@@ -75,9 +82,17 @@ impl CertBundle {
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
         let mut leaf = CertificateParams::new(dns_names.to_vec())?;
-        leaf.distinguished_name = common_name(dns_names.first().map(String::as_str).unwrap_or("vispyr-operator"));
+        leaf.distinguished_name = common_name(
+            dns_names
+                .first()
+                .map(String::as_str)
+                .unwrap_or("vispyr-operator"),
+        );
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        leaf.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         window(&mut leaf);
         let key = KeyPair::generate()?;
         let cert = leaf.signed_by(&key, &ca)?;
@@ -86,11 +101,20 @@ impl CertBundle {
         if let Some(prev) = previous.filter(|p| p.not_after > unix(now)) {
             // Only the newest previous CA: the older ones have expired by the
             // time a second rotation happens (renew_before < validity).
-            if let Some(prev_ca) = prev.ca_bundle_pem.split_inclusive("-----END CERTIFICATE-----\n").next() {
+            if let Some(prev_ca) = prev
+                .ca_bundle_pem
+                .split_inclusive("-----END CERTIFICATE-----\n")
+                .next()
+            {
                 ca_bundle_pem.push_str(prev_ca);
             }
         }
-        Ok(Self { cert_pem: cert.pem(), key_pem: key.serialize_pem(), ca_bundle_pem, not_after: unix(not_after) })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_bundle_pem,
+            not_after: unix(not_after),
+        })
     }
 
     pub fn needs_renewal(&self, policy: &CertPolicy, now: SystemTime) -> bool {
@@ -99,12 +123,21 @@ impl CertBundle {
 
     fn from_secret(secret: &Secret) -> Option<Self> {
         let data = secret.data.as_ref()?;
-        let text = |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok());
+        let text = |k: &str| {
+            data.get(k)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        };
         Some(Self {
             cert_pem: text("tls.crt")?,
             key_pem: text("tls.key")?,
             ca_bundle_pem: text(CA_KEY)?,
-            not_after: secret.metadata.annotations.as_ref()?.get(NOT_AFTER_ANNOTATION)?.parse().ok()?,
+            not_after: secret
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(NOT_AFTER_ANNOTATION)?
+                .parse()
+                .ok()?,
         })
     }
 
@@ -112,15 +145,28 @@ impl CertBundle {
         let mut secret = Secret::default();
         secret.metadata.name = Some(name.to_string());
         secret.metadata.resource_version = resource_version;
-        secret.metadata.annotations =
-            Some(BTreeMap::from([(NOT_AFTER_ANNOTATION.to_string(), self.not_after.to_string())]));
-        secret.metadata.labels =
-            Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "vispyr-operator".to_string())]));
+        secret.metadata.annotations = Some(BTreeMap::from([(
+            NOT_AFTER_ANNOTATION.to_string(),
+            self.not_after.to_string(),
+        )]));
+        secret.metadata.labels = Some(BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_string(),
+            "vispyr-operator".to_string(),
+        )]));
         secret.type_ = Some("kubernetes.io/tls".to_string());
         secret.data = Some(BTreeMap::from([
-            ("tls.crt".to_string(), ByteString(self.cert_pem.clone().into_bytes())),
-            ("tls.key".to_string(), ByteString(self.key_pem.clone().into_bytes())),
-            (CA_KEY.to_string(), ByteString(self.ca_bundle_pem.clone().into_bytes())),
+            (
+                "tls.crt".to_string(),
+                ByteString(self.cert_pem.clone().into_bytes()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(self.key_pem.clone().into_bytes()),
+            ),
+            (
+                CA_KEY.to_string(),
+                ByteString(self.ca_bundle_pem.clone().into_bytes()),
+            ),
         ]));
         secret
     }
@@ -190,9 +236,18 @@ pub async fn ensure(
         let written = match existing {
             Some(s) => {
                 let secret = fresh.to_secret(&target.secret_name, s.metadata.resource_version);
-                secrets.replace(&target.secret_name, &PostParams::default(), &secret).await
+                secrets
+                    .replace(&target.secret_name, &PostParams::default(), &secret)
+                    .await
             }
-            None => secrets.create(&PostParams::default(), &fresh.to_secret(&target.secret_name, None)).await,
+            None => {
+                secrets
+                    .create(
+                        &PostParams::default(),
+                        &fresh.to_secret(&target.secret_name, None),
+                    )
+                    .await
+            }
         };
         match written {
             Ok(_) => {
@@ -209,12 +264,19 @@ pub async fn ensure(
     Ok(bundle)
 }
 
-async fn publish_ca_bundle(client: &Client, config_name: &str, ca_bundle_pem: &str) -> Result<(), Error> {
+async fn publish_ca_bundle(
+    client: &Client,
+    config_name: &str,
+    ca_bundle_pem: &str,
+) -> Result<(), Error> {
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let Some(config) = configs.get_opt(config_name).await? else {
         // Installed by the chart; without it there is nothing to publish to
         // and admission simply does not call us.
-        tracing::warn!(config = config_name, "MutatingWebhookConfiguration not found; caBundle not published");
+        tracing::warn!(
+            config = config_name,
+            "MutatingWebhookConfiguration not found; caBundle not published"
+        );
         return Ok(());
     };
     let wanted = ByteString(ca_bundle_pem.as_bytes().to_vec());
@@ -232,7 +294,13 @@ async fn publish_ca_bundle(client: &Client, config_name: &str, ca_bundle_pem: &s
         return Ok(());
     }
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
-    configs.patch(config_name, &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
+    configs
+        .patch(
+            config_name,
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await?;
     tracing::info!(config = config_name, "published webhook caBundle");
     Ok(())
 }
@@ -244,7 +312,9 @@ fn common_name(cn: &str) -> DistinguishedName {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -260,7 +330,8 @@ mod tests {
         let policy = CertPolicy::default();
         let b = CertBundle::issue(&names(), &policy, None).unwrap();
         assert!(!b.needs_renewal(&policy, SystemTime::now()));
-        let late = SystemTime::now() + policy.validity - policy.renew_before + Duration::from_secs(60);
+        let late =
+            SystemTime::now() + policy.validity - policy.renew_before + Duration::from_secs(60);
         assert!(b.needs_renewal(&policy, late));
     }
 

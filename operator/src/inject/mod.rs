@@ -45,6 +45,9 @@ pub const CONTAINER_NAMES_ANNOTATION: &str = "vispyr.io/container-names";
 pub const SERVICE_NAME_ANNOTATION: &str = "vispyr.io/service-name";
 /// Set on injected pods: `<namespace>/<name>` of the instrumentation used.
 pub const INJECTED_ANNOTATION: &str = "vispyr.io/injected";
+/// Label `"true"` on injected pods, so the controller and the node-agent can
+/// select them without reading every pod.
+pub const INJECTED_LABEL: &str = "vispyr.io/injected";
 /// The emptyDir volume holding the instrumentation package.
 pub const VOLUME_NAME: &str = "vispyr-instrumentation";
 /// The init container copying the package into [`VOLUME_NAME`].
@@ -204,6 +207,12 @@ fn inject(
         ops.push(add(child(&annotations, &[INJECTED_ANNOTATION]), json!(id)));
     } else {
         ops.push(add(annotations, json!({ INJECTED_ANNOTATION: id })));
+    }
+    let labels = PointerBuf::from_tokens(["metadata", "labels"]);
+    if pod.metadata.labels.is_some() {
+        ops.push(add(child(&labels, &[INJECTED_LABEL]), json!("true")));
+    } else {
+        ops.push(add(labels, json!({ INJECTED_LABEL: "true" })));
     }
     let volumes = PointerBuf::from_tokens(["spec", "volumes"]);
     append(

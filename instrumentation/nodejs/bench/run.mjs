@@ -1,0 +1,492 @@
+// Overhead of the @vispyr/node preload on a small HTTP app: requests/s and
+// p99 latency without the preload, with it, and with it plus the V8 perf-map
+// flags the Vispyr profiler needs, side by side in one run.
+//
+//   npm run bench [-- options]          (make bench runs this)
+//
+// Options (or the BENCH_* variables):
+//   --rounds N        BENCH_ROUNDS       rounds of every variant      (5)
+//   --duration S      BENCH_DURATION     measured seconds per slot    (5)
+//   --warmup S        BENCH_WARMUP       warmup seconds per slot      (2)
+//   --connections N   BENCH_CONNECTIONS  autocannon connections       (10)
+//   --variants a,b,c  BENCH_VARIANTS     which variants (keys below)  (baseline,preload,preload+perf)
+//   --extra           BENCH_EXTRA=1      add the diagnostic variants (sampled-10, no-metrics, no-traces, http-only)
+//   --json FILE                          also write every round's figures as JSON
+//   BENCH_NO_PIN=1                       do not pin processes to CPUs
+//   VISPYR_BENCH_PAYLOAD=dist/payload    measure a built payload instead of this directory
+//
+// How: every slot starts a fresh application process (bench/app.cjs) for one
+// variant, warms it up, measures it with autocannon, stops it (SIGTERM: the
+// preload flushes, as in a pod). Variants are interleaved round by round
+// (A B C, A B C, ...) so that drift of a noisy machine affects all alike, and
+// the report gives medians over the rounds. The application is pinned to one
+// CPU with taskset; the load generator (its own process), the OTLP sink (its
+// own process, bench/sink.mjs) and this script share the other CPU(s).
+//
+// A benchmark, not a test: a missed target is printed as MISS, the exit
+// status is 0 unless the benchmark itself could not run.
+
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+const PKG_DIR = path.resolve(BENCH_DIR, '..');
+const PRELOAD_DIR = process.env.VISPYR_BENCH_PAYLOAD ? path.resolve(PKG_DIR, process.env.VISPYR_BENCH_PAYLOAD) : PKG_DIR;
+const REGISTER = path.join(PRELOAD_DIR, 'register.cjs');
+// Exactly the flags the operator adds for the profiler (operator/src/inject/mod.rs).
+const PERF_FLAGS = '--perf-basic-prof-only-functions --interpreted-frames-native-stack';
+
+// Targets of issue 5.
+const TARGET_PRELOAD = 0.9; // preload / baseline throughput, at least
+const TARGET_FLAGS_COST = 0.02; // 1 - (preload+perf / preload), under
+
+const PRELOAD = `--require "${REGISTER}"`;
+const VARIANTS = {
+  baseline: { label: 'baseline (no preload)', nodeOptions: '' },
+  preload: { label: 'preload', nodeOptions: PRELOAD, exports: true },
+  // The webhook's exact NODE_OPTIONS: preload, then the perf-map flags.
+  'preload+perf': { label: 'preload + perf-map flags', nodeOptions: `${PRELOAD} ${PERF_FLAGS}`, exports: true, perfMap: true },
+  // Diagnostic variants (--extra): where the cost of the preload goes.
+  'sampled-10': {
+    label: 'preload, parentbased_traceidratio 0.1',
+    nodeOptions: PRELOAD,
+    env: { OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.1' },
+    exports: true,
+  },
+  'no-metrics': { label: 'preload, OTEL_METRICS_EXPORTER=none', nodeOptions: PRELOAD, env: { OTEL_METRICS_EXPORTER: 'none' }, exports: true },
+  'no-traces': { label: 'preload, OTEL_TRACES_EXPORTER=none', nodeOptions: PRELOAD, env: { OTEL_TRACES_EXPORTER: 'none' } },
+  'http-only': {
+    label: 'preload, OTEL_NODE_ENABLED_INSTRUMENTATIONS=http',
+    nodeOptions: PRELOAD,
+    env: { OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'http' },
+    exports: true,
+  },
+};
+const DEFAULT_VARIANTS = ['baseline', 'preload', 'preload+perf'];
+const EXTRA_VARIANTS = ['sampled-10', 'no-metrics', 'no-traces', 'http-only'];
+
+// ---------------------------------------------------------------- options
+
+function parseArgs(argv) {
+  const env = process.env;
+  const opts = {
+    rounds: Number(env.BENCH_ROUNDS) || 5,
+    duration: Number(env.BENCH_DURATION) || 5,
+    warmup: Number(env.BENCH_WARMUP) || 2,
+    connections: Number(env.BENCH_CONNECTIONS) || 10,
+    variants: env.BENCH_VARIANTS ? env.BENCH_VARIANTS.split(',') : [...DEFAULT_VARIANTS],
+    extra: env.BENCH_EXTRA === '1',
+    json: null,
+    pin: env.BENCH_NO_PIN !== '1',
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const [flag, inline] = argv[i].split(/=(.*)/s);
+    const value = () => (inline !== undefined ? inline : argv[++i]);
+    switch (flag) {
+      case '--rounds': opts.rounds = Number(value()); break;
+      case '--duration': opts.duration = Number(value()); break;
+      case '--warmup': opts.warmup = Number(value()); break;
+      case '--connections': opts.connections = Number(value()); break;
+      case '--variants': opts.variants = value().split(','); break;
+      case '--extra': opts.extra = true; break;
+      case '--json': opts.json = value(); break;
+      case '--no-pin': opts.pin = false; break;
+      default:
+        console.error(`unknown option ${argv[i]} (see the head of bench/run.mjs)`);
+        process.exit(2);
+    }
+  }
+  if (opts.extra) for (const v of EXTRA_VARIANTS) if (!opts.variants.includes(v)) opts.variants.push(v);
+  for (const v of opts.variants) {
+    if (!VARIANTS[v]) {
+      console.error(`unknown variant ${v}; known: ${Object.keys(VARIANTS).join(', ')}`);
+      process.exit(2);
+    }
+  }
+  for (const k of ['rounds', 'duration', 'warmup', 'connections']) {
+    if (!(opts[k] > 0)) {
+      console.error(`--${k} must be a positive number`);
+      process.exit(2);
+    }
+  }
+  return opts;
+}
+
+// ---------------------------------------------------------------- CPU pinning
+
+/** CPUs this process may run on, from taskset; null without taskset. */
+function allowedCpus() {
+  const r = spawnSync('taskset', ['-pc', String(process.pid)], { encoding: 'utf8' });
+  if (r.status !== 0) return null;
+  const m = /list:\s*([\d,\-\s]+)$/m.exec(r.stdout);
+  if (!m) return null;
+  const cpus = [];
+  for (const part of m[1].trim().split(',')) {
+    const [a, b] = part.split('-').map(Number);
+    for (let c = a; c <= (b === undefined ? a : b); c++) cpus.push(c);
+  }
+  return cpus;
+}
+
+function pinPlan(wanted) {
+  if (!wanted) return { app: null, rest: null, why: 'not pinned (BENCH_NO_PIN=1)' };
+  const cpus = allowedCpus();
+  if (!cpus) return { app: null, rest: null, why: 'not pinned (taskset not available)' };
+  if (cpus.length < 2) return { app: null, rest: null, why: `not pinned (only CPU ${cpus.join(',')} available)` };
+  const app = String(cpus[0]);
+  const rest = cpus.slice(1).join(',');
+  // This orchestrator too, all its threads, away from the application.
+  spawnSync('taskset', ['-a', '-pc', rest, String(process.pid)], { stdio: 'ignore' });
+  return { app, rest, why: `taskset: app on CPU ${app}; load generator, OTLP sink and orchestrator on CPU ${rest}` };
+}
+
+/** spawn(), prefixed with `taskset -c cpus` when pinning. */
+function spawnPinned(cpus, args, options) {
+  if (cpus) return spawn('taskset', ['-c', cpus, process.execPath, ...args], options);
+  return spawn(process.execPath, args, options);
+}
+
+// ---------------------------------------------------------------- helper processes
+
+/** A forked helper (sink or load generator) speaking IPC. */
+class Helper {
+  constructor(name, script, cpus) {
+    this.name = name;
+    this.child = spawnPinned(cpus, [script], { cwd: PKG_DIR, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: cleanEnv() });
+    this.pending = new Map();
+    this.nextId = 1;
+    this.ready = new Promise((resolve, reject) => {
+      this.child.once('exit', (code, signal) => reject(new Error(`${name} exited (code ${code}, signal ${signal})`)));
+      this.child.on('message', (msg) => {
+        if (msg.type === 'ready') resolve(msg);
+        else if (msg.type === 'result' && this.pending.has(msg.id)) {
+          this.pending.get(msg.id)(msg);
+          this.pending.delete(msg.id);
+        } else if (msg.type === 'stats' && this.pending.has('stats')) {
+          this.pending.get('stats')(msg.stats);
+          this.pending.delete('stats');
+        }
+      });
+    });
+  }
+
+  request(msg) {
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      this.pending.set(id, resolve);
+      this.child.send({ ...msg, id });
+    });
+  }
+
+  stats() {
+    return new Promise((resolve) => {
+      this.pending.set('stats', resolve);
+      this.child.send({ type: 'stats' });
+    });
+  }
+
+  stop() {
+    if (this.child.connected) this.child.disconnect();
+  }
+}
+
+// ---------------------------------------------------------------- the application
+
+/** The environment without anything that would configure Node.js or the preload. */
+function cleanEnv() {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (k.startsWith('OTEL_') || k.startsWith('VISPYR_') || k === 'NODE_OPTIONS' || k.startsWith('BENCH_') || k.startsWith('npm_')) continue;
+    env[k] = v;
+  }
+  return env;
+}
+
+let currentApp = null;
+
+/** Starts bench/app.cjs for a variant; resolves once it listens. */
+function startApp(variant, sinkEndpoint, cpu) {
+  const env = {
+    ...cleanEnv(),
+    NODE_OPTIONS: variant.nodeOptions,
+    // What the webhook sets, with the SDK defaults for everything else
+    // (sampler parentbased_always_on: every request is a span).
+    OTEL_SERVICE_NAME: 'vispyr-bench',
+    OTEL_EXPORTER_OTLP_ENDPOINT: sinkEndpoint,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+    OTEL_PROPAGATORS: 'tracecontext,baggage',
+    VISPYR_POD_NAMESPACE: 'bench',
+    VISPYR_POD_NAME: 'vispyr-bench-0',
+    VISPYR_NODE_NAME: os.hostname(),
+    VISPYR_CONTAINER_NAME: 'app',
+    ...(variant.env || {}),
+  };
+  const child = spawnPinned(cpu, [path.join(BENCH_DIR, 'app.cjs')], { cwd: os.tmpdir(), env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const app = { child, stdout: '', stderr: '', exited: new Promise((r) => child.once('exit', (code, signal) => r({ code, signal }))) };
+  currentApp = app;
+  child.stdout.setEncoding('utf8');
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (d) => (app.stderr += d));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`app did not listen within 30 s; stderr: ${app.stderr}`)), 30000);
+    child.stdout.on('data', (d) => {
+      app.stdout += d;
+      const m = /^(\{"port":.*\})$/m.exec(app.stdout);
+      if (m && !app.port) {
+        clearTimeout(timer);
+        Object.assign(app, JSON.parse(m[1]));
+        resolve(app);
+      }
+    });
+    app.exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`app exited (code ${code}, signal ${signal}) before listening; stderr: ${app.stderr}`));
+    });
+  });
+}
+
+/** SIGTERM (the preload flushes, as in a pod), SIGKILL after 10 s. */
+async function stopApp(app) {
+  const pid = app.child.pid;
+  app.child.kill('SIGTERM');
+  const timer = setTimeout(() => app.child.kill('SIGKILL'), 10000);
+  await app.exited;
+  clearTimeout(timer);
+  currentApp = null;
+  // The perf map V8 writes for --perf-basic-prof-only-functions.
+  const perfMap = `/tmp/perf-${pid}.map`;
+  let perfMapBytes = null;
+  try {
+    perfMapBytes = fs.statSync(perfMap).size;
+    fs.rmSync(perfMap, { force: true });
+  } catch {
+    // not written (variant without the flags)
+  }
+  return perfMapBytes;
+}
+
+process.on('exit', () => {
+  if (currentApp) currentApp.child.kill('SIGKILL');
+});
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    if (currentApp) {
+      const pid = currentApp.child.pid;
+      currentApp.child.kill('SIGKILL');
+      fs.rmSync(`/tmp/perf-${pid}.map`, { force: true });
+    }
+    process.exit(130);
+  });
+}
+
+// ---------------------------------------------------------------- CPU time of the app
+
+/**
+ * Nanoseconds on CPU of all threads of a process (main thread, V8's GC and
+ * compiler threads, libuv's pool), from /proc/<pid>/task/<tid>/schedstat;
+ * null where /proc does not have it.
+ */
+function cpuNs(pid) {
+  try {
+    let total = 0;
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      try {
+        total += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      } catch {
+        // thread ended meanwhile
+      }
+    }
+    return total;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------- statistics
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+};
+const fmt = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
+const pct = (x) => (Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : 'n/a');
+const mb = (b) => `${(b / 1e6).toFixed(1)} MB`;
+
+// ---------------------------------------------------------------- main
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  if (!fs.existsSync(REGISTER)) throw new Error(`${REGISTER} not found`);
+  const nproc = os.availableParallelism ? os.availableParallelism() : os.cpus().length; // before pinning ourselves
+  const pin = pinPlan(opts.pin);
+  const cpuModel = (os.cpus()[0] && os.cpus()[0].model) || 'unknown';
+  const slotGuess = opts.warmup + opts.duration + 1.5;
+  console.log('# @vispyr/node overhead benchmark');
+  console.log(`node ${process.version}, ${os.platform()} ${os.release()}, nproc ${nproc} (${cpuModel})`);
+  console.log(`preload: ${REGISTER}`);
+  console.log(`pinning: ${pin.why}`);
+  console.log(`load: autocannon, ${opts.connections} connections, pipelining 1, ${opts.warmup} s warmup + ${opts.duration} s measured per slot, fresh app process per slot`);
+  console.log(`variants: ${opts.variants.join(', ')}; ${opts.rounds} interleaved rounds (about ${Math.round(opts.rounds * opts.variants.length * slotGuess)} s)`);
+  console.log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  console.log('');
+
+  const sink = new Helper('OTLP sink', path.join(BENCH_DIR, 'sink.mjs'), pin.rest);
+  const load = new Helper('load generator', path.join(BENCH_DIR, 'load.mjs'), pin.rest);
+  const { endpoint } = await sink.ready;
+  await load.ready;
+
+  const results = Object.fromEntries(opts.variants.map((v) => [v, []]));
+  const problems = [];
+  const started = Date.now();
+  for (let round = 1; round <= opts.rounds; round++) {
+    for (const key of opts.variants) {
+      const variant = VARIANTS[key];
+      const before = await sink.stats();
+      const app = await startApp(variant, endpoint, pin.app);
+      const url = `http://127.0.0.1:${app.port}/work`;
+      const warm = await load.request({ type: 'run', url, connections: opts.connections, duration: opts.warmup });
+      if (warm.error) throw new Error(`autocannon: ${warm.error}`);
+      // The app's CPU time around the measured run: it is idle before and
+      // after, so this is the CPU the measured requests cost.
+      const cpu0 = cpuNs(app.child.pid);
+      const measured = await load.request({ type: 'run', url, connections: opts.connections, duration: opts.duration });
+      const cpu1 = cpuNs(app.child.pid);
+      if (measured.error) throw new Error(`autocannon: ${measured.error}`);
+      const perfMapBytes = await stopApp(app);
+      const after = await sink.stats();
+      const r = measured.result;
+      const row = {
+        round,
+        rps: r.rps,
+        p50: r.latency.p50,
+        p99: r.latency.p99,
+        latencySamples: r.latency.samples,
+        ok: r.ok,
+        failed: r.non2xx + r.errors + r.timeouts,
+        workUs: app.workUs,
+        // Requests per second of the app's own CPU time: what one dedicated
+        // CPU would serve. Robust to other processes taking the CPU away
+        // (a noisy machine), which req/s is not.
+        reqPerCpuSec: cpu0 !== null && cpu1 > cpu0 ? r.ok / ((cpu1 - cpu0) / 1e9) : NaN,
+        // The share of one CPU the app got while measured (about 100% on an
+        // otherwise idle CPU: the app is saturated).
+        cpuShare: cpu0 !== null && r.duration > 0 ? (cpu1 - cpu0) / 1e9 / r.duration : NaN,
+        traceExports: after.traces.requests - before.traces.requests,
+        traceBytes: after.traces.bytes - before.traces.bytes,
+        metricExports: after.metrics.requests - before.metrics.requests,
+        perfMapBytes,
+        stderr: app.stderr.trim(),
+      };
+      results[key].push(row);
+      if (row.failed > 0) problems.push(`${key} round ${round}: ${row.failed} failed requests (non-2xx ${r.non2xx}, errors ${r.errors}, timeouts ${r.timeouts})`);
+      if (row.stderr) problems.push(`${key} round ${round}: app stderr: ${row.stderr.split('\n')[0]}`);
+      if (variant.exports && row.traceExports === 0) problems.push(`${key} round ${round}: the sink received no trace export: the preload did not run?`);
+      if (variant.perfMap && !row.perfMapBytes) problems.push(`${key} round ${round}: no perf map written: the V8 flags were not applied?`);
+      console.log(
+        `round ${round}/${opts.rounds}  ${key.padEnd(13)} ${fmt(row.rps).padStart(6)} req/s  p99 ${fmt(row.p99, 2).padStart(6)} ms` +
+          `  ${fmt(row.reqPerCpuSec).padStart(6)} req/CPU-s  CPU share ${pct(row.cpuShare)}` +
+          `  work ${fmt(row.workUs, 0)} us  exports: ${row.traceExports} trace (${mb(row.traceBytes)}), ${row.metricExports} metrics` +
+          (row.perfMapBytes ? `  perf map ${(row.perfMapBytes / 1024).toFixed(0)} KiB` : ''),
+      );
+    }
+  }
+  sink.stop();
+  load.stop();
+  const elapsed = (Date.now() - started) / 1000;
+
+  // ---- report
+  const summarise = (xs) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
+  const med = {};
+  for (const key of opts.variants) {
+    const rows = results[key];
+    med[key] = {
+      rps: summarise(rows.map((r) => r.rps)),
+      cpu: summarise(rows.map((r) => r.reqPerCpuSec)),
+      share: median(rows.map((r) => r.cpuShare)),
+      p50: median(rows.map((r) => r.p50)),
+      p99: median(rows.map((r) => r.p99)),
+    };
+  }
+  /** Per-round ratios a/b of a metric (same round: neighbours in time). */
+  const paired = (a, b, metric) => summarise(results[a].map((r, i) => r[metric] / results[b][i][metric]));
+  const base = opts.variants.includes('baseline') ? 'baseline' : null;
+  const range = (s, d = 0) => `${fmt(s.min, d)}–${fmt(s.max, d)}`;
+
+  console.log('');
+  console.log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}; measured in ${elapsed.toFixed(0)} s`);
+  console.log(`work per request (in-process, baseline, median): ${fmt(median(results[base || opts.variants[0]].map((r) => r.workUs)), 0)} us`);
+  console.log('');
+  console.log(`Throughput (req/s, wall clock) and latency, medians of ${opts.rounds} rounds:`);
+  console.log('');
+  console.log('| variant | req/s | rounds min–max | vs baseline | per-round ratio min–max | p50 ms | p99 ms | app CPU share |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const key of opts.variants) {
+    const m = med[key];
+    const vs = base && key !== base ? (m.rps.median / med[base].rps.median).toFixed(3) : '';
+    const pr = base && key !== base ? range(paired(key, base, 'rps'), 3) : '';
+    console.log(`| ${VARIANTS[key].label} | ${fmt(m.rps.median)} | ${range(m.rps)} | ${vs} | ${pr} | ${fmt(m.p50, 2)} | ${fmt(m.p99, 2)} | ${pct(m.share)} |`);
+  }
+  console.log('');
+  console.log("CPU-normalised throughput (requests per second of the app's own CPU time; robust to other load on the machine):");
+  console.log('');
+  console.log('| variant | req/CPU-s | rounds min–max | vs baseline | per-round ratio min–max |');
+  console.log('|---|---:|---:|---:|---:|');
+  for (const key of opts.variants) {
+    const m = med[key];
+    const vs = base && key !== base ? (m.cpu.median / med[base].cpu.median).toFixed(3) : '';
+    const pr = base && key !== base ? range(paired(key, base, 'reqPerCpuSec'), 3) : '';
+    console.log(`| ${VARIANTS[key].label} | ${fmt(m.cpu.median)} | ${range(m.cpu)} | ${vs} | ${pr} |`);
+  }
+  console.log('');
+
+  // ---- targets (on wall-clock req/s, as the issue states them; the
+  // CPU-normalised figure alongside)
+  const verdict = (ok) => (ok ? 'PASS' : 'MISS');
+  if (base && med.preload) {
+    const ratio = med.preload.rps.median / med[base].rps.median;
+    const cpuRatio = med.preload.cpu.median / med[base].cpu.median;
+    const p = paired('preload', base, 'rps');
+    console.log(
+      `target 1: preload >= ${TARGET_PRELOAD.toFixed(2)} of baseline throughput: ${ratio.toFixed(3)} ` +
+        `(per-round ${range(p, 3)})  ${verdict(ratio >= TARGET_PRELOAD)}` +
+        `   [CPU-normalised: ${cpuRatio.toFixed(3)} ${verdict(cpuRatio >= TARGET_PRELOAD)}]`,
+    );
+  } else {
+    console.log('target 1: not measured (needs the baseline and preload variants)');
+  }
+  if (med.preload && med['preload+perf']) {
+    const ratio = med['preload+perf'].rps.median / med.preload.rps.median;
+    const cpuRatio = med['preload+perf'].cpu.median / med.preload.cpu.median;
+    const p = paired('preload+perf', 'preload', 'rps');
+    console.log(
+      `target 2: perf-map flags cost < ${pct(TARGET_FLAGS_COST)}: preload+perf / preload = ${ratio.toFixed(3)}, cost ${pct(1 - ratio)} ` +
+        `(per-round ratio ${range(p, 3)})  ${verdict(1 - ratio < TARGET_FLAGS_COST)}` +
+        `   [CPU-normalised: ${cpuRatio.toFixed(3)}, cost ${pct(1 - cpuRatio)} ${verdict(1 - cpuRatio < TARGET_FLAGS_COST)}]`,
+    );
+  } else {
+    console.log('target 2: not measured (needs the preload and preload+perf variants)');
+  }
+  if (problems.length) {
+    console.log('');
+    console.log('problems (the figures above may not mean what they say):');
+    for (const p of problems) console.log(`  - ${p}`);
+  }
+
+  if (opts.json) {
+    fs.writeFileSync(
+      opts.json,
+      `${JSON.stringify({ node: process.version, nproc, pinning: pin.why, opts, medians: med, results }, null, 2)}\n`,
+    );
+    console.log(`\nper-round figures written to ${opts.json}`);
+  }
+}
+
+main().catch((err) => {
+  console.error(`bench: ${err.stack || err}`);
+  if (currentApp) currentApp.child.kill('SIGKILL');
+  process.exit(1);
+});

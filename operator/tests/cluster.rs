@@ -1,0 +1,474 @@
+//! The operator against a real kube-apiserver: the apiserver calls its
+//! webhook over TLS (with the CA bundle the operator published itself),
+//! stores what it injected, refuses bad CRs, and the controller keeps status
+//! and rolls workloads.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use vispyr_e2e::process::free_port;
+use vispyr_e2e::{TestCluster, eventually};
+use vispyr_operator::controller::ROLLOUT_ANNOTATION;
+use vispyr_operator::crd::VispyrInstrumentation;
+use vispyr_operator::inject::{INIT_CONTAINER_NAME, INJECTED_ANNOTATION, INJECTED_LABEL};
+use vispyr_operator::service::{self, Config};
+use vispyr_operator::webhook::{MUTATE_PODS_PATH, SKIPPED_ANNOTATION};
+
+const WAIT: Duration = Duration::from_secs(30);
+const SYSTEM_NS: &str = "vispyr-system";
+
+struct Operator {
+    admin: SocketAddr,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.done)
+            .await
+            .expect("operator drains in time")
+            .unwrap();
+    }
+}
+
+/// CRD, namespaces and the webhook configuration as the chart installs them
+/// (but with a URL on loopback and no caBundle: the operator publishes it).
+async fn install(cluster: &TestCluster, webhook_port: u16) {
+    let client = cluster.client();
+    let crd: CustomResourceDefinition = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/vispyr.io_vispyrinstrumentations.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap();
+    for ns in [SYSTEM_NS, "shop", "auto"] {
+        create_namespace(&client, ns, BTreeMap::new()).await;
+    }
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "vispyr-operator"},
+        "webhooks": [{
+            "name": "nodejs.inject.vispyr.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "timeoutSeconds": 5,
+            "reinvocationPolicy": "Never",
+            "clientConfig": {"url": format!("https://127.0.0.1:{webhook_port}{MUTATE_PODS_PATH}")},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", SYSTEM_NS]}]}
+        }]
+    }))
+    .unwrap();
+    Api::<MutatingWebhookConfiguration>::all(client)
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+}
+
+async fn create_namespace(client: &Client, name: &str, annotations: BTreeMap<String, String>) {
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}}))
+            .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+async fn start_operator(cluster: &TestCluster, webhook_port: u16) -> Operator {
+    let config = Config {
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        webhook_addr: SocketAddr::from(([127, 0, 0, 1], webhook_port)),
+        namespace: SYSTEM_NS.into(),
+        webhook_dns_names: vec!["localhost".into(), "127.0.0.1".into()],
+        identity: "test-operator".into(),
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let (admin, _, done) = service::start(cluster.client(), config, shutdown.clone())
+        .await
+        .expect("operator starts");
+    let done = tokio::spawn(done);
+    let http = reqwest::Client::new();
+    eventually(WAIT, || async {
+        let r = http
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(r.status().to_string())
+        }
+    })
+    .await
+    .expect("operator becomes ready");
+    Operator {
+        admin,
+        shutdown,
+        done,
+    }
+}
+
+fn instrumentation(ns: &str, name: &str, rollout: &str) -> VispyrInstrumentation {
+    serde_json::from_value(json!({
+        "apiVersion": "vispyr.io/v1alpha1", "kind": "VispyrInstrumentation",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "exporter": {"endpoint": "http://vispyr-gateway.vispyr-system.svc:4318"},
+            "nodejs": {"image": "vispyr/instrumentation-nodejs:test"},
+            "sampler": {"type": "parentbased_traceidratio", "argument": "0.5"},
+            "rollout": {"mode": rollout}
+        }
+    }))
+    .unwrap()
+}
+
+/// A pod as a ReplicaSet of Deployment `app` would create it.
+fn replicaset_pod(annotations: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {
+            "generateName": "checkout-5d9c7b8f4-",
+            "labels": {"app": "checkout", "pod-template-hash": "5d9c7b8f4"},
+            "annotations": annotations,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "checkout-5d9c7b8f4",
+                "uid": "0b5c2d8e-6a8f-4a53-9d7e-2f1c3b4a5d6e", "controller": true}]
+        },
+        "spec": {"containers": [{"name": "checkout", "image": "node:20", "env": [{"name": "NODE_OPTIONS", "value": "--max-old-space-size=256"}]}]}
+    }))
+    .unwrap()
+}
+
+fn env_of(pod: &Pod, name: &str) -> Option<String> {
+    pod.spec.as_ref()?.containers[0]
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+#[tokio::test]
+async fn webhook_injects_through_the_real_apiserver() {
+    let cluster = TestCluster::start().await.expect("control plane starts");
+    let port = free_port();
+    install(&cluster, port).await;
+    let operator = start_operator(&cluster, port).await;
+    let client = cluster.client();
+
+    // The operator published its CA bundle into the configuration.
+    let config = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get("vispyr-operator")
+        .await
+        .unwrap();
+    let bundle = config.webhooks.unwrap()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .expect("caBundle published");
+    assert!(String::from_utf8_lossy(&bundle.0).contains("BEGIN CERTIFICATE"));
+
+    let vis: Api<VispyrInstrumentation> = Api::namespaced(client.clone(), "shop");
+    vis.create(
+        &PostParams::default(),
+        &instrumentation("shop", "node", "manual"),
+    )
+    .await
+    .unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let injected = pods
+        .create(
+            &PostParams::default(),
+            &replicaset_pod(json!({"vispyr.io/inject-nodejs": "true"})),
+        )
+        .await
+        .expect("annotated pod admitted");
+    let spec = injected.spec.as_ref().unwrap();
+    let init = spec
+        .init_containers
+        .as_ref()
+        .expect("init container injected");
+    assert_eq!(init[0].name, INIT_CONTAINER_NAME);
+    assert_eq!(
+        init[0].image.as_deref(),
+        Some("vispyr/instrumentation-nodejs:test")
+    );
+    assert_eq!(
+        injected
+            .annotations()
+            .get(INJECTED_ANNOTATION)
+            .map(String::as_str),
+        Some("shop/node")
+    );
+    assert_eq!(
+        injected.labels().get(INJECTED_LABEL).map(String::as_str),
+        Some("true")
+    );
+    let node_options = env_of(&injected, "NODE_OPTIONS").unwrap();
+    assert!(
+        node_options.starts_with("--require /vispyr-instrumentation/register.cjs"),
+        "{node_options}"
+    );
+    assert!(
+        node_options.ends_with("--max-old-space-size=256"),
+        "the app's own flag is kept: {node_options}"
+    );
+    assert_eq!(
+        env_of(&injected, "OTEL_SERVICE_NAME").as_deref(),
+        Some("checkout")
+    );
+    assert_eq!(
+        env_of(&injected, "OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        Some("0.5")
+    );
+
+    let plain = pods
+        .create(&PostParams::default(), &replicaset_pod(json!({})))
+        .await
+        .unwrap();
+    assert!(
+        plain.spec.as_ref().unwrap().init_containers.is_none(),
+        "unannotated pod untouched"
+    );
+    assert!(plain.annotations().is_empty() && !plain.labels().contains_key(INJECTED_LABEL));
+
+    // A bad annotation: admitted, uninstrumented, and told why.
+    let bad = pods
+        .create(
+            &PostParams::default(),
+            &replicaset_pod(json!({"vispyr.io/inject-nodejs": "yes please"})),
+        )
+        .await
+        .unwrap();
+    assert!(bad.spec.as_ref().unwrap().init_containers.is_none());
+    let why = bad
+        .annotations()
+        .get(SKIPPED_ANNOTATION)
+        .expect("the pod says why it was not injected");
+    assert!(why.contains("yes please"), "{why}");
+    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
+    let event = eventually(WAIT, || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("InvalidAnnotation"))
+            .ok_or_else(|| "no InvalidAnnotation event yet".to_string())
+    })
+    .await
+    .expect("an Event records the skipped injection");
+    assert_eq!(
+        event.regarding.and_then(|r| r.kind).as_deref(),
+        Some("ReplicaSet")
+    );
+    assert!(event.note.unwrap_or_default().contains("yes please"));
+
+    // A missing instrumentation by name: admitted unmodified with a reason.
+    let missing = pods
+        .create(
+            &PostParams::default(),
+            &replicaset_pod(json!({"vispyr.io/inject-nodejs": "nope"})),
+        )
+        .await
+        .unwrap();
+    assert!(missing.annotations()[SKIPPED_ANNOTATION].contains("shop/nope"));
+
+    // The admin endpoint counts what happened.
+    let metrics = reqwest::get(format!("http://{}/metrics", operator.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("vispyr_operator_admissions_total{outcome=\"injected\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vispyr_operator_admissions_total{outcome=\"skipped\"} 2"),
+        "{metrics}"
+    );
+
+    // With the operator gone, pods are still admitted (failurePolicy Ignore).
+    operator.stop().await;
+    let after = pods
+        .create(
+            &PostParams::default(),
+            &replicaset_pod(json!({"vispyr.io/inject-nodejs": "true"})),
+        )
+        .await
+        .expect("pods are admitted while the operator is down");
+    assert!(after.spec.as_ref().unwrap().init_containers.is_none());
+}
+
+#[tokio::test]
+async fn apiserver_refuses_invalid_instrumentations_naming_the_field() {
+    let cluster = TestCluster::start().await.expect("control plane starts");
+    install(&cluster, free_port()).await;
+    let vis: Api<VispyrInstrumentation> = Api::namespaced(cluster.client(), "shop");
+    let mut bad = instrumentation("shop", "bad", "manual");
+    bad.spec.exporter.endpoint = "gateway:4318".into();
+    let created = eventually(WAIT, || async {
+        match vis.create(&PostParams::default(), &bad).await {
+            // 404 until the CRD is established.
+            Err(kube::Error::Api(s)) if s.code == 404 => Err("CRD not served yet".to_string()),
+            other => Ok(other),
+        }
+    })
+    .await
+    .unwrap();
+    let err = created
+        .expect_err("an endpoint without a scheme is refused")
+        .to_string();
+    assert!(err.contains("exporter.endpoint"), "{err}");
+
+    let mut ratio = instrumentation("shop", "ratio", "manual");
+    ratio.spec.sampler.as_mut().unwrap().argument = Some("1.5".into());
+    let err = vis
+        .create(&PostParams::default(), &ratio)
+        .await
+        .expect_err("ratio above 1 refused")
+        .to_string();
+    assert!(err.contains("sampler"), "{err}");
+}
+
+#[tokio::test]
+async fn controller_reports_status_and_rolls_opted_in_workloads() {
+    let cluster = TestCluster::start().await.expect("control plane starts");
+    let port = free_port();
+    install(&cluster, port).await;
+    let client = cluster.client();
+
+    // A Deployment that opted in before the operator and its CR existed.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "auto");
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": {"vispyr.io/inject-nodejs": "true"}},
+                "spec": {"containers": [{"name": "web", "image": "node:20"}]}
+            }
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let untouched: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "other"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "other"}},
+            "template": {"metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "o", "image": "node:20"}]}}
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &untouched)
+        .await
+        .unwrap();
+
+    let operator = start_operator(&cluster, port).await;
+    let vis: Api<VispyrInstrumentation> = Api::namespaced(client.clone(), "auto");
+    vis.create(
+        &PostParams::default(),
+        &instrumentation("auto", "node", "automatic"),
+    )
+    .await
+    .unwrap();
+
+    let template_annotation = |d: &Deployment| {
+        d.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(ROLLOUT_ANNOTATION)
+            .cloned()
+    };
+    let marker = eventually(WAIT, || async {
+        let d = deployments.get("web").await.map_err(|e| e.to_string())?;
+        template_annotation(&d).ok_or_else(|| "no rollout yet".to_string())
+    })
+    .await
+    .expect("the opted-in Deployment gets a rollout annotation");
+    assert_eq!(marker, "auto/node@1");
+    assert_eq!(
+        template_annotation(&deployments.get("other").await.unwrap()),
+        None,
+        "only opted-in workloads roll"
+    );
+
+    // An injected pod of the instrumentation is counted in its status.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "auto");
+    pods.create(
+        &PostParams::default(),
+        &replicaset_pod(json!({"vispyr.io/inject-nodejs": "node"})),
+    )
+    .await
+    .unwrap();
+    let status = eventually(WAIT, || async {
+        let vi = vis.get("node").await.map_err(|e| e.to_string())?;
+        let status = vi.status.clone().ok_or("no status")?;
+        if status.instrumented_pods == 1 && status.observed_generation == vi.metadata.generation {
+            Ok(status)
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await
+    .expect("status counts the injected pod");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready condition");
+    assert_eq!(ready.status, "True");
+
+    // A change of the CR: observedGeneration follows and workloads roll again.
+    vis.patch(
+        "node",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"sampler": {"type": "always_on", "argument": null}}})),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, || async {
+        let vi = vis.get("node").await.map_err(|e| e.to_string())?;
+        let observed = vi.status.as_ref().and_then(|s| s.observed_generation);
+        let d = deployments.get("web").await.map_err(|e| e.to_string())?;
+        match (observed, template_annotation(&d)) {
+            (Some(2), Some(m)) if m == "auto/node@2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("generation 2 observed and rolled out");
+    operator.stop().await;
+}
