@@ -14,7 +14,7 @@ TOOLS := etcd kubernetes prometheus jaeger pyroscope helm
 
 NODEJS := instrumentation/nodejs
 
-.PHONY: help deps tools build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds bench demo fmt lint clean-tools
+.PHONY: help deps tools build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden bench demo fmt lint clean-tools
 
 help:
 	@echo "make demo   bring up Vispyr on this machine with a demo Node.js app (not yet: see README)"
@@ -22,6 +22,7 @@ help:
 	@echo "make tools  build the pinned upstream tools into $(CACHE)/tools, linked from .tools/bin"
 	@echo "make build  build the workspace"
 	@echo "make crds   regenerate crds/ from the Rust types"
+	@echo "make golden regenerate the webhook's golden files"
 	@echo "make bench  run the benchmarks (results go to docs/benchmarks.md)"
 
 # System packages and toolchains. Idempotent and quick when all is present.
@@ -55,11 +56,20 @@ nodejs-payload: nodejs-deps
 test-unit: deps
 	cargo test --workspace --locked --lib --bins
 
+# crds/ is generated from the Rust types; a test fails when it is stale.
 crds: deps
-	@echo "crds: no CRD types yet (the VispyrInstrumentation CRD arrives with the operator)"
+	cargo run -q --locked -p vispyr-operator --bin crdgen -- crds
 
-bench: tools
-	@echo "bench: no benchmarks yet; they arrive with the components they measure"
+# Rewrites the webhook's golden files (operator/tests/golden) from the code:
+# review the diff, it is the spec.
+golden: deps
+	VISPYR_UPDATE_GOLDEN=1 cargo test --locked -p vispyr-operator --test golden
+
+# Benchmarks, each against a baseline run side by side in the same run.
+# Results: docs/benchmarks.md.
+bench: tools nodejs-deps
+	cargo bench --locked -p vispyr-operator --bench admission
+	cd $(NODEJS) && npm run bench
 
 demo:
 	@echo "make demo is not available yet: the components it would show are still being built."

@@ -38,6 +38,8 @@ pub struct Config {
     /// Days a webhook certificate is valid, and days before expiry to renew it.
     pub cert_validity_days: u64,
     pub cert_renew_before_days: u64,
+    /// Seconds between checks that the certificate in the Secret is current.
+    pub cert_check_interval_secs: u64,
     pub lease_name: String,
     /// Unique per replica; the chart sets the pod name.
     pub identity: String,
@@ -57,6 +59,7 @@ impl Default for Config {
             tls_secret: "vispyr-operator-webhook-tls".into(),
             cert_validity_days: 90,
             cert_renew_before_days: 30,
+            cert_check_interval_secs: 300,
             lease_name: "vispyr-operator".into(),
             identity: std::env::var("POD_NAME")
                 .unwrap_or_else(|_| format!("vispyr-operator-{}", std::process::id())),
@@ -65,11 +68,7 @@ impl Default for Config {
     }
 }
 
-/// How often a replica checks that the certificate is still current.
-const CERT_CHECK_EVERY: Duration = Duration::from_secs(300);
-
-/// Runs the operator with `client` until `shutdown`; returns the bound
-/// admin and webhook addresses through `on_bound` (tests bind port 0).
+/// Runs the operator with `client` until `shutdown`.
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let (_, _, done) = start(client, config, shutdown).await?;
     done.await;
@@ -111,10 +110,11 @@ pub async fn start(
     certs::ensure(&client, &target, &policy, &serving).await?;
     let cert_upkeep = {
         let (client, serving, shutdown) = (client.clone(), serving.clone(), shutdown.clone());
+        let every = Duration::from_secs(config.cert_check_interval_secs.max(1));
         async move {
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(CERT_CHECK_EVERY) => {}
+                    () = tokio::time::sleep(every) => {}
                     () = shutdown.cancelled() => return,
                 }
                 if let Err(e) = certs::ensure(&client, &target, &policy, &serving).await {

@@ -3,160 +3,22 @@
 //! stores what it injected, refuses bad CRs, and the controller keeps status
 //! and rolls workloads.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use vispyr_e2e::process::free_port;
 use vispyr_e2e::{TestCluster, eventually};
 use vispyr_operator::controller::ROLLOUT_ANNOTATION;
 use vispyr_operator::crd::VispyrInstrumentation;
 use vispyr_operator::inject::{INIT_CONTAINER_NAME, INJECTED_ANNOTATION, INJECTED_LABEL};
-use vispyr_operator::service::{self, Config};
-use vispyr_operator::webhook::{MUTATE_PODS_PATH, SKIPPED_ANNOTATION};
+use vispyr_operator::webhook::SKIPPED_ANNOTATION;
 
-const WAIT: Duration = Duration::from_secs(30);
-const SYSTEM_NS: &str = "vispyr-system";
-
-struct Operator {
-    admin: SocketAddr,
-    shutdown: CancellationToken,
-    done: tokio::task::JoinHandle<()>,
-}
-
-impl Operator {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.done)
-            .await
-            .expect("operator drains in time")
-            .unwrap();
-    }
-}
-
-/// CRD, namespaces and the webhook configuration as the chart installs them
-/// (but with a URL on loopback and no caBundle: the operator publishes it).
-async fn install(cluster: &TestCluster, webhook_port: u16) {
-    let client = cluster.client();
-    let crd: CustomResourceDefinition = serde_yaml::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../crds/vispyr.io_vispyrinstrumentations.yaml"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .create(&PostParams::default(), &crd)
-        .await
-        .unwrap();
-    for ns in [SYSTEM_NS, "shop", "auto"] {
-        create_namespace(&client, ns, BTreeMap::new()).await;
-    }
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": "vispyr-operator"},
-        "webhooks": [{
-            "name": "nodejs.inject.vispyr.io",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Ignore",
-            "timeoutSeconds": 5,
-            "reinvocationPolicy": "Never",
-            "clientConfig": {"url": format!("https://127.0.0.1:{webhook_port}{MUTATE_PODS_PATH}")},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", SYSTEM_NS]}]}
-        }]
-    }))
-    .unwrap();
-    Api::<MutatingWebhookConfiguration>::all(client)
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
-}
-
-async fn create_namespace(client: &Client, name: &str, annotations: BTreeMap<String, String>) {
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}}))
-            .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-}
-
-async fn start_operator(cluster: &TestCluster, webhook_port: u16) -> Operator {
-    let config = Config {
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        webhook_addr: SocketAddr::from(([127, 0, 0, 1], webhook_port)),
-        namespace: SYSTEM_NS.into(),
-        webhook_dns_names: vec!["localhost".into(), "127.0.0.1".into()],
-        identity: "test-operator".into(),
-        ..Config::default()
-    };
-    let shutdown = CancellationToken::new();
-    let (admin, _, done) = service::start(cluster.client(), config, shutdown.clone())
-        .await
-        .expect("operator starts");
-    let done = tokio::spawn(done);
-    let http = reqwest::Client::new();
-    eventually(WAIT, || async {
-        let r = http
-            .get(format!("http://{admin}/readyz"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(r.status().to_string())
-        }
-    })
-    .await
-    .expect("operator becomes ready");
-    Operator {
-        admin,
-        shutdown,
-        done,
-    }
-}
-
-fn instrumentation(ns: &str, name: &str, rollout: &str) -> VispyrInstrumentation {
-    serde_json::from_value(json!({
-        "apiVersion": "vispyr.io/v1alpha1", "kind": "VispyrInstrumentation",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "exporter": {"endpoint": "http://vispyr-gateway.vispyr-system.svc:4318"},
-            "nodejs": {"image": "vispyr/instrumentation-nodejs:test"},
-            "sampler": {"type": "parentbased_traceidratio", "argument": "0.5"},
-            "rollout": {"mode": rollout}
-        }
-    }))
-    .unwrap()
-}
-
-/// A pod as a ReplicaSet of Deployment `app` would create it.
-fn replicaset_pod(annotations: serde_json::Value) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {
-            "generateName": "checkout-5d9c7b8f4-",
-            "labels": {"app": "checkout", "pod-template-hash": "5d9c7b8f4"},
-            "annotations": annotations,
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "checkout-5d9c7b8f4",
-                "uid": "0b5c2d8e-6a8f-4a53-9d7e-2f1c3b4a5d6e", "controller": true}]
-        },
-        "spec": {"containers": [{"name": "checkout", "image": "node:20", "env": [{"name": "NODE_OPTIONS", "value": "--max-old-space-size=256"}]}]}
-    }))
-    .unwrap()
-}
+mod support;
+use support::*;
 
 fn env_of(pod: &Pod, name: &str) -> Option<String> {
     pod.spec.as_ref()?.containers[0]
@@ -310,6 +172,62 @@ async fn webhook_injects_through_the_real_apiserver() {
     assert!(
         metrics.contains("vispyr_operator_admissions_total{outcome=\"skipped\"} 2"),
         "{metrics}"
+    );
+
+    // Rotation: a certificate inside its renewal window is replaced; the
+    // published bundle keeps the previous CA, and injection goes on.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let soon = (std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let before = secrets.get("vispyr-operator-webhook-tls").await.unwrap();
+    secrets
+        .patch(
+            "vispyr-operator-webhook-tls",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"vispyr.io/not-after": soon.to_string()}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, || async {
+        let config = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .get("vispyr-operator")
+            .await
+            .map_err(|e| e.to_string())?;
+        let bundle = config.webhooks.unwrap()[0]
+            .client_config
+            .ca_bundle
+            .clone()
+            .unwrap_or_default();
+        match String::from_utf8_lossy(&bundle.0)
+            .matches("BEGIN CERTIFICATE")
+            .count()
+        {
+            2 => Ok(()),
+            n => Err(format!("{n} CA certificates published")),
+        }
+    })
+    .await
+    .expect("the rotated bundle holds the new and the previous CA");
+    let after = secrets.get("vispyr-operator-webhook-tls").await.unwrap();
+    assert_ne!(
+        before.data.as_ref().unwrap()["tls.crt"],
+        after.data.as_ref().unwrap()["tls.crt"],
+        "a new certificate was issued"
+    );
+    let rotated = pods
+        .create(
+            &PostParams::default(),
+            &replicaset_pod(json!({"vispyr.io/inject-nodejs": "true"})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        rotated.spec.as_ref().unwrap().init_containers.is_some(),
+        "injected with the rotated certificate"
     );
 
     // With the operator gone, pods are still admitted (failurePolicy Ignore).

@@ -5,11 +5,16 @@
 // runs in every variant; only NODE_OPTIONS differs (no preload, the preload,
 // the preload plus the profiler's V8 perf-map flags).
 //
-// Prints one line `{"port":N,"workUs":X}` on stdout once listening: the
-// port, and the time the work takes here, measured after a short warmup, so
-// the report can show how large the per-request work is on this machine.
+// Started by run.mjs with an IPC channel: sends {type:'ready', port} once
+// listening, and answers {type:'stats'} with cumulative counters: requests
+// served, the time spent inside the work itself, and the event loop's busy
+// and idle time (performance.eventLoopUtilization). The
+// time inside the work is the yardstick run.mjs uses to take out the speed
+// of a shared, noisy CPU (see there). Writes nothing on stdout: whatever
+// appears there came from the preload, which must never write to it.
 
 const http = require('node:http');
+const { performance } = require('node:perf_hooks');
 
 // Inner loop iterations per item, 20 items: fixed (not calibrated per run),
 // so that every variant does exactly the same work.
@@ -30,32 +35,38 @@ function work(seed) {
   return JSON.stringify({ seed, items });
 }
 
-function measureWorkUs() {
-  for (let i = 0; i < 500; i++) work(i);
-  const n = 1000;
-  const t0 = process.hrtime.bigint();
-  let len = 0;
-  for (let i = 0; i < n; i++) len += work(i).length;
-  const us = Number(process.hrtime.bigint() - t0) / n / 1000;
-  return len > 0 ? us : NaN;
-}
-
 let counter = 0;
+let requests = 0;
+let workNs = 0n;
 const server = http.createServer((req, res) => {
   if (req.method !== 'GET' || !req.url.startsWith('/work')) {
     res.writeHead(404).end();
     return;
   }
   counter = (counter + 1) >>> 0;
+  const t0 = process.hrtime.bigint();
   const body = work(counter);
+  workNs += process.hrtime.bigint() - t0;
+  requests += 1;
   res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
   res.end(body);
 });
 server.keepAliveTimeout = 60000;
 
-const workUs = measureWorkUs();
+process.on('message', (msg) => {
+  if (!msg || msg.type !== 'stats') return;
+  const elu = performance.eventLoopUtilization();
+  process.send({
+    type: 'stats',
+    requests,
+    workMs: Number(workNs) / 1e6,
+    activeMs: elu.active,
+    idleMs: elu.idle,
+  });
+});
+
 server.listen(0, '127.0.0.1', () => {
-  process.stdout.write(`${JSON.stringify({ port: server.address().port, workUs: Math.round(workUs * 10) / 10 })}\n`);
+  process.send({ type: 'ready', port: server.address().port });
 });
 
 // No SIGTERM handler of our own: with the preload, telemetry is flushed and

@@ -1,0 +1,164 @@
+//! `make bench`: what the webhook costs.
+//!
+//! 1. The mutate function alone, next to decoding the same pod from JSON
+//!    (which any webhook does for every review) as the baseline.
+//! 2. Pod creates through the real kube-apiserver, alternating between a
+//!    namespace the webhook sees (the pod is injected) and one its
+//!    namespaceSelector excludes (no webhook call): the difference of the
+//!    percentiles is the latency the webhook adds.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use vispyr_e2e::TestCluster;
+use vispyr_e2e::process::free_port;
+use vispyr_operator::crd::VispyrInstrumentation;
+use vispyr_operator::inject::{self, Outcome};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/deployment-pod");
+const MUTATE_ROUNDS: usize = 20_000;
+const CREATES: usize = 300;
+
+fn main() {
+    mutate_cost();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(create_latency());
+}
+
+fn mutate_cost() {
+    let pod_yaml = std::fs::read_to_string(format!("{GOLDEN}/pod.yaml")).unwrap();
+    let pod: Pod = serde_yaml::from_str(&pod_yaml).unwrap();
+    let pod_json = serde_json::to_vec(&pod).unwrap();
+    let vi: VispyrInstrumentation = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{GOLDEN}/instrumentation.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = pod.metadata.namespace.clone();
+    let candidates = [Arc::new(vi)];
+    assert!(matches!(
+        inject::mutate(&pod, &namespace, candidates.as_slice()),
+        Outcome::Patched(_)
+    ));
+
+    // Interleaved rounds so that machine noise hits both alike.
+    let (mut mutate, mut decode) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..10 {
+        let t = Instant::now();
+        for _ in 0..MUTATE_ROUNDS / 10 {
+            black_box(inject::mutate(
+                black_box(&pod),
+                &namespace,
+                candidates.as_slice(),
+            ));
+        }
+        mutate += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..MUTATE_ROUNDS / 10 {
+            black_box(serde_json::from_slice::<Pod>(black_box(&pod_json)).unwrap());
+        }
+        decode += t.elapsed();
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / MUTATE_ROUNDS as f64;
+    println!("mutate (golden deployment-pod):  {:8.2} µs/op", per(mutate));
+    println!("baseline, decode the pod JSON:   {:8.2} µs/op", per(decode));
+    println!(
+        "ratio mutate / decode:           {:8.2}",
+        per(mutate) / per(decode)
+    );
+}
+
+async fn create_latency() {
+    let cluster = TestCluster::start().await.expect("control plane starts");
+    let port = free_port();
+    support::install(&cluster, port).await;
+    let operator = support::start_operator(&cluster, port).await;
+    let client = cluster.client();
+    Api::<VispyrInstrumentation>::namespaced(client.clone(), "shop")
+        .create(
+            &PostParams::default(),
+            &support::instrumentation("shop", "node", "manual"),
+        )
+        .await
+        .unwrap();
+
+    let annotated = support::replicaset_pod(json!({"vispyr.io/inject-nodejs": "true"}));
+    let (hooked, plain): (Api<Pod>, Api<Pod>) = (
+        Api::namespaced(client.clone(), "shop"),
+        Api::namespaced(client.clone(), "plain"),
+    );
+    // Warm both paths (TLS session, caches) before measuring.
+    for _ in 0..20 {
+        hooked
+            .create(&PostParams::default(), &annotated)
+            .await
+            .unwrap();
+        plain
+            .create(&PostParams::default(), &annotated)
+            .await
+            .unwrap();
+    }
+    let (mut with, mut without) = (Vec::with_capacity(CREATES), Vec::with_capacity(CREATES));
+    for _ in 0..CREATES {
+        let t = Instant::now();
+        let pod = hooked
+            .create(&PostParams::default(), &annotated)
+            .await
+            .unwrap();
+        with.push(t.elapsed());
+        assert!(
+            pod.spec.unwrap().init_containers.is_some(),
+            "the measured pods are injected"
+        );
+        let t = Instant::now();
+        plain
+            .create(&PostParams::default(), &annotated)
+            .await
+            .unwrap();
+        without.push(t.elapsed());
+    }
+    operator.stop().await;
+
+    let (w50, w99) = percentiles(&mut with);
+    let (b50, b99) = percentiles(&mut without);
+    println!(
+        "pod create, no webhook call:     p50 {:7.3} ms  p99 {:7.3} ms  ({CREATES} creates)",
+        ms(b50),
+        ms(b99)
+    );
+    println!(
+        "pod create, injected by webhook: p50 {:7.3} ms  p99 {:7.3} ms  ({CREATES} creates)",
+        ms(w50),
+        ms(w99)
+    );
+    println!(
+        "added by the webhook:            p50 {:7.3} ms  p99 {:7.3} ms",
+        ms(w50) - ms(b50),
+        ms(w99) - ms(b99)
+    );
+    println!(
+        "ratio with / without:            p50 {:7.2}     p99 {:7.2}",
+        ms(w50) / ms(b50),
+        ms(w99) / ms(b99)
+    );
+}
+
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
