@@ -98,8 +98,7 @@ fn too_large_is_resource_exhausted<S: Signal>(svc: &OtlpGrpc<S>, headers: &mut h
         return;
     };
     let over_size = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted)
-        && status.message().contains("too large")
-        || status.message().contains("size limit");
+        && (status.message().contains("too large") || status.message().contains("size limit"));
     if !over_size {
         return;
     }
@@ -107,7 +106,7 @@ fn too_large_is_resource_exhausted<S: Signal>(svc: &OtlpGrpc<S>, headers: &mut h
         S::NAME,
         "grpc",
         Refusal::TooLarge {
-            size: "more".into(),
+            size: None,
             limit: svc.max_request_bytes,
         },
     );

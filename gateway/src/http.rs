@@ -127,17 +127,14 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         && len > limit as u64
     {
         return Err(Refusal::TooLarge {
-            size: len.to_string(),
+            size: Some(len),
             limit,
         });
     }
     let raw = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(Refusal::TooLarge {
-                size: "more".into(),
-                limit,
-            });
+            return Err(Refusal::TooLarge { size: None, limit });
         }
         Err(e) => return Err(Refusal::Malformed(format!("cannot read the body: {e}"))),
     };
@@ -154,10 +151,7 @@ fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, Refusal> {
         .read_to_end(&mut out)
         .map_err(|e| Refusal::Malformed(format!("invalid gzip body: {e}")))?;
     if out.len() > limit {
-        return Err(Refusal::TooLarge {
-            size: "more, once decompressed,".into(),
-            limit,
-        });
+        return Err(Refusal::TooLarge { size: None, limit });
     }
     Ok(out.into())
 }

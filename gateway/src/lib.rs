@@ -148,8 +148,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
         let held = queue.held();
         if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
             abort.cancel();
+            let _ = task.await;
         }
-        let _ = task.await;
         tracing::info!(flushed_or_dropped = held, "traces queue drained");
     }
     admin_stop.cancel();

@@ -205,8 +205,15 @@ fn span_problem(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<St
 pub enum Refusal {
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("request of {size} bytes is over the limit of {limit} bytes")]
-    TooLarge { size: String, limit: usize },
+    #[error(
+        "request is over the limit of {limit} bytes{}",
+        size.map(|s| format!(" ({s} bytes)")).unwrap_or_default()
+    )]
+    TooLarge {
+        /// When known (a Content-Length).
+        size: Option<u64>,
+        limit: usize,
+    },
     #[error("unsupported content type {0:?}; use application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
     #[error("unsupported content encoding {0:?}; use gzip or none")]
