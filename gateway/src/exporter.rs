@@ -62,6 +62,7 @@ impl TraceQueue {
             .queue_capacity_spans
             .get_or_create(&LABELS)
             .set(capacity as i64);
+        metrics.queue_spans.get_or_create(&LABELS).set(0);
         TraceQueue {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
@@ -256,6 +257,7 @@ impl TraceExporter {
         let max_elapsed = Duration::from_millis(self.config.retry_max_elapsed_ms);
         let mut backoff = Duration::from_millis(self.config.retry_initial_backoff_ms);
         let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
+        let mut attempts = 0u32;
         loop {
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(timeout);
@@ -306,6 +308,16 @@ impl TraceExporter {
                 return;
             }
             let delay = hint.unwrap_or(backoff);
+            attempts += 1;
+            if attempts == 1 {
+                // The first failure of this batch; later attempts log at debug.
+                tracing::warn!(
+                    spans,
+                    code = ?status.code(),
+                    message = status.message(),
+                    "export failed, retrying with backoff"
+                );
+            }
             tracing::debug!(
                 spans,
                 code = ?status.code(),

@@ -29,6 +29,8 @@ impl Pipeline {
             Some(mut traces) => {
                 let (rejected, message) = retain_valid_spans(&mut traces);
                 match &self.traces {
+                    // Nothing valid left: nothing to queue, nothing to send.
+                    _ if traces.resource_spans.is_empty() => Ok((rejected, message)),
                     Some(queue) => queue
                         .push(traces.resource_spans)
                         .map(|()| (rejected, message)),
@@ -93,5 +95,32 @@ impl Pipeline {
             .get_or_create(&SignalLabels { signal })
             .inc_by(items);
         tracing::debug!(signal, items, "no exporter for this signal, dropping");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+    use crate::otlp::Traces;
+
+    #[test]
+    fn a_request_of_only_invalid_spans_queues_nothing() {
+        let queue = Arc::new(TraceQueue::new(10, Metrics::default()));
+        let pipeline = Pipeline::new(Metrics::default(), Some(queue.clone()));
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span::default()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let response = pipeline.accept::<Traces>(request, "grpc").unwrap();
+        assert_eq!(response.partial_success.unwrap().rejected_spans, 1);
+        assert_eq!(queue.held(), 0);
     }
 }
