@@ -1,6 +1,18 @@
-//! vispyr-gateway: OTLP receivers, the hash ring, span metrics and exporters
-//! arrive with their issue; today it serves its admin endpoints on :8888.
+//! vispyr-gateway: OTLP in, Tempo out. See the library for the parts.
 
-fn main() -> std::process::ExitCode {
-    vispyr_common::app::admin_only("VISPYR_GATEWAY_", 8888, env!("CARGO_PKG_VERSION"))
+use std::process::ExitCode;
+
+use clap::Parser;
+use vispyr_common::config::CommonArgs;
+
+#[derive(Parser)]
+#[command(version, about = "Vispyr gateway: OTLP receivers and exporters")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    vispyr_common::app::main(&cli.common, "VISPYR_GATEWAY_", vispyr_gateway::run)
 }

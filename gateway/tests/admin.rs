@@ -1,4 +1,4 @@
-//! The gateway binary as the chart runs it: admin endpoints up, ready, clean
+//! The gateway binary as the chart runs it (no exporter configured): admin endpoints up, ready, clean
 //! exit on SIGTERM, and a bad config refused with exit 64 naming the key.
 
 use std::process::Command;
@@ -14,6 +14,11 @@ async fn serves_admin_endpoints_and_exits_cleanly_on_sigterm() {
     let port = free_port();
     let mut cmd = Command::new(BIN);
     cmd.arg("--set").arg(format!("admin_addr=127.0.0.1:{port}"));
+    // Not the chart's 4317/4318: other tests run alongside.
+    cmd.arg("--set")
+        .arg(format!("grpc_addr=127.0.0.1:{}", free_port()));
+    cmd.arg("--set")
+        .arg(format!("http_addr=127.0.0.1:{}", free_port()));
     let mut gateway =
         Process::spawn("vispyr-gateway", cmd, &dir.path().join("gateway.log")).unwrap();
 

@@ -1,0 +1,108 @@
+//! The gateway's configuration: one YAML file + `VISPYR_GATEWAY_*` env +
+//! `--set`, loaded by `vispyr_common`. Every default works inside the chart.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// OTLP/gRPC receiver.
+    pub grpc_addr: SocketAddr,
+    /// OTLP/HTTP receiver.
+    pub http_addr: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin_addr: SocketAddr,
+    /// Largest accepted request, in bytes, after decompression; larger ones
+    /// get HTTP 413 / gRPC RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
+    /// How long the drain on SIGTERM may take to flush the queues.
+    pub drain_timeout_ms: u64,
+    pub exporters: Exporters,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 4317)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 4318)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 8888)),
+            max_request_bytes: 8 * 1024 * 1024,
+            drain_timeout_ms: 20_000,
+            exporters: Exporters::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Exporters {
+    pub traces: TracesExporter,
+}
+
+/// Traces to an OTLP/gRPC endpoint (Tempo's distributor in production).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracesExporter {
+    /// `http://host:4317`; without it, received spans are counted as not
+    /// exported and dropped.
+    pub endpoint: Option<String>,
+    /// Spans held (queued or being sent) at most; beyond, clients are told
+    /// to retry later.
+    pub queue_spans: u64,
+    /// Spans per export request, at most (one client request is never split).
+    pub batch_spans: u64,
+    /// How long a batch waits to fill up.
+    pub batch_timeout_ms: u64,
+    /// Deadline of one export request.
+    pub timeout_ms: u64,
+    /// First retry delay; doubles up to `retry_max_backoff_ms`.
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    /// A batch still failing with retryable errors after this long is dropped.
+    pub retry_max_elapsed_ms: u64,
+}
+
+impl Default for TracesExporter {
+    fn default() -> Self {
+        TracesExporter {
+            endpoint: None,
+            queue_spans: 100_000,
+            batch_spans: 8192,
+            batch_timeout_ms: 200,
+            timeout_ms: 10_000,
+            retry_initial_backoff_ms: 100,
+            retry_max_backoff_ms: 5_000,
+            retry_max_elapsed_ms: 300_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_chart_ports() {
+        let c: Config = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.grpc_addr.port(), 4317);
+        assert_eq!(c.http_addr.port(), 4318);
+        assert_eq!(c.admin_addr.port(), 8888);
+        assert_eq!(c.max_request_bytes, 8 << 20);
+        assert!(c.exporters.traces.endpoint.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = serde_json::from_str::<Config>(r#"{"exporters": {"tempo": {}}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `tempo`"), "{err}");
+    }
+}

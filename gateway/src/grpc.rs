@@ -1,0 +1,183 @@
+//! OTLP/gRPC receiver: the four `Export` services, served by tonic.
+//!
+//! Each service decodes the protobuf itself (tonic's codec would answer a
+//! malformed message with INTERNAL; OTLP wants INVALID_ARGUMENT) and turns an
+//! over-size message into RESOURCE_EXHAUSTED without retry hint (tonic says
+//! OUT_OF_RANGE, which OTLP clients would retry forever).
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{
+    Body, BoxFuture, CompressionEncoding, Context, EnabledCompressionEncodings, Poll, Service,
+    StdError,
+};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Code, Status};
+
+use crate::otlp::{Refusal, Signal};
+use crate::pipeline::Pipeline;
+
+pub struct OtlpGrpc<S> {
+    pipeline: Arc<Pipeline>,
+    max_request_bytes: usize,
+    signal: PhantomData<fn() -> S>,
+}
+
+impl<S> OtlpGrpc<S> {
+    pub fn new(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Self {
+        OtlpGrpc {
+            pipeline,
+            max_request_bytes,
+            signal: PhantomData,
+        }
+    }
+}
+
+impl<S> Clone for OtlpGrpc<S> {
+    fn clone(&self) -> Self {
+        OtlpGrpc::new(self.pipeline.clone(), self.max_request_bytes)
+    }
+}
+
+impl<S: Signal> NamedService for OtlpGrpc<S> {
+    const NAME: &'static str = S::GRPC_SERVICE;
+}
+
+impl<S, B> Service<http::Request<B>> for OtlpGrpc<S>
+where
+    S: Signal,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let export =
+            req.uri().path().strip_suffix("/Export") == Some(&format!("/{}", S::GRPC_SERVICE));
+        let this = self.clone();
+        Box::pin(async move {
+            if !export {
+                return Ok(Status::unimplemented("unknown method").into_http());
+            }
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            let mut grpc = Grpc::new(RawCodec::<S::Response>(PhantomData))
+                .apply_compression_config(accept, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(this.max_request_bytes), None);
+            let pipeline = this.pipeline.clone();
+            let mut response = grpc
+                .unary(
+                    Export::<S> {
+                        pipeline,
+                        signal: PhantomData,
+                    },
+                    req,
+                )
+                .await;
+            too_large_is_resource_exhausted(&this, response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+/// Tonic refuses an over-size message with OUT_OF_RANGE (retryable for OTLP
+/// clients); make it a permanent RESOURCE_EXHAUSTED and count it.
+fn too_large_is_resource_exhausted<S: Signal>(svc: &OtlpGrpc<S>, headers: &mut http::HeaderMap) {
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    let over_size = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted)
+        && (status.message().contains("too large") || status.message().contains("size limit"));
+    if !over_size {
+        return;
+    }
+    let refusal = svc.pipeline.refused(
+        S::NAME,
+        "grpc",
+        Refusal::TooLarge {
+            size: None,
+            limit: svc.max_request_bytes,
+        },
+    );
+    let replacement = Status::new(
+        refusal.grpc_code(),
+        format!("{refusal} ({})", status.message()),
+    );
+    let _ = replacement.add_header(headers);
+}
+
+struct Export<S> {
+    pipeline: Arc<Pipeline>,
+    signal: PhantomData<fn() -> S>,
+}
+
+impl<S: Signal> UnaryService<Bytes> for Export<S> {
+    type Response = S::Response;
+    type Future = BoxFuture<tonic::Response<S::Response>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let pipeline = self.pipeline.clone();
+        Box::pin(async move {
+            let result = match S::Request::decode(request.into_inner()) {
+                Ok(decoded) => pipeline.accept::<S>(decoded, "grpc"),
+                Err(e) => Err(pipeline.refused(
+                    S::NAME,
+                    "grpc",
+                    Refusal::Malformed(format!("invalid protobuf: {e}")),
+                )),
+            };
+            result
+                .map(tonic::Response::new)
+                .map_err(|refusal| refusal.to_grpc())
+        })
+    }
+}
+
+/// Hands the message bytes to the service undecoded; encodes responses with prost.
+struct RawCodec<R>(PhantomData<fn() -> R>);
+
+impl<R: Message + Send + 'static> Codec for RawCodec<R> {
+    type Encode = R;
+    type Decode = Bytes;
+    type Encoder = RawCodec<R>;
+    type Decoder = RawCodec<R>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec(PhantomData)
+    }
+}
+
+impl<R: Message> Encoder for RawCodec<R> {
+    type Item = R;
+    type Error = Status;
+
+    fn encode(&mut self, item: R, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the response: {e}")))
+    }
+}
+
+impl<R> Decoder for RawCodec<R> {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let len = src.remaining();
+        Ok(Some(src.copy_to_bytes(len)))
+    }
+}

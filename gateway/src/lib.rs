@@ -1,0 +1,158 @@
+//! vispyr-gateway: OTLP receivers (gRPC and HTTP) for traces, metrics, logs
+//! and profiles, and the traces exporter to an OTLP/gRPC backend (Tempo).
+//! The hash ring, span metrics and the other exporters arrive later: see
+//! README.md for what is not exported yet.
+
+pub mod config;
+pub mod exporter;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod otlp;
+pub mod pipeline;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use vispyr_common::admin::{self, Health};
+use vispyr_common::app::BoxError;
+
+pub use config::Config;
+
+use crate::exporter::{TraceExporter, TraceQueue};
+use crate::pipeline::Pipeline;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot bind the {what} receiver to {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {0} receiver failed")]
+    Serve(&'static str, #[source] BoxError),
+}
+
+/// Runs the gateway until `shutdown`, then drains: readiness false, the
+/// receivers stop taking requests (finishing those in flight), the queue is
+/// flushed for up to `drain_timeout_ms`, then the admin server stops.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxError> {
+    let mut registry = Registry::default();
+    admin::register_build_info(&mut registry, VERSION);
+    let metrics = metrics::Metrics::register(&mut registry);
+
+    let traces = &config.exporters.traces;
+    let exporter = match &traces.endpoint {
+        Some(endpoint) => {
+            let queue = Arc::new(TraceQueue::new(traces.queue_spans, metrics.clone()));
+            let exporter = TraceExporter::new(endpoint, traces.clone(), metrics.clone())?;
+            Some((queue, exporter))
+        }
+        None => {
+            tracing::warn!("exporters.traces.endpoint is not set: received spans are dropped");
+            None
+        }
+    };
+    let pipeline = Arc::new(Pipeline::new(
+        metrics,
+        exporter.as_ref().map(|(q, _)| q.clone()),
+    ));
+
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { what, addr, source })
+    };
+    let grpc_listener = bind("OTLP/gRPC", config.grpc_addr).await?;
+    let http_listener = bind("OTLP/HTTP", config.http_addr).await?;
+
+    let health = Health::new();
+    let admin_stop = CancellationToken::new();
+    let (_, admin_task) = admin::serve(
+        config.admin_addr,
+        Arc::new(registry),
+        health.clone(),
+        admin_stop.clone(),
+    )
+    .await?;
+
+    let abort = CancellationToken::new();
+    let exporter_task = exporter.map(|(queue, exporter)| {
+        let abort = abort.clone();
+        let task_queue = queue.clone();
+        let task = tokio::spawn(async move { exporter.run(&task_queue, abort).await });
+        (queue, task)
+    });
+
+    let receivers_stop = CancellationToken::new();
+    let max = config.max_request_bytes;
+    let grpc_task = {
+        let stop = receivers_stop.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(grpc::OtlpGrpc::<otlp::Traces>::new(pipeline.clone(), max))
+            .add_service(grpc::OtlpGrpc::<otlp::Metrics>::new(pipeline.clone(), max))
+            .add_service(grpc::OtlpGrpc::<otlp::Logs>::new(pipeline.clone(), max))
+            .add_service(grpc::OtlpGrpc::<otlp::Profiles>::new(pipeline.clone(), max));
+        tokio::spawn(async move {
+            server
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(|e| GatewayError::Serve("OTLP/gRPC", e.into()))
+        })
+    };
+    let http_task = {
+        let stop = receivers_stop.clone();
+        let app = http::router(pipeline.clone(), max);
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .map_err(|e| GatewayError::Serve("OTLP/HTTP", e.into()))
+        })
+    };
+    tracing::info!(
+        grpc = %config.grpc_addr,
+        http = %config.http_addr,
+        traces_endpoint = config.exporters.traces.endpoint.as_deref().unwrap_or("none"),
+        "OTLP receivers listening"
+    );
+    health.set_ready(true);
+
+    shutdown.cancelled().await;
+    tracing::info!("draining");
+    health.set_ready(false);
+    let deadline = tokio::time::Instant::now() + config.drain_timeout();
+    receivers_stop.cancel();
+    for (what, task) in [("OTLP/gRPC", grpc_task), ("OTLP/HTTP", http_task)] {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %vispyr_common::app::chain(&e), "{what} receiver")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "{what} receiver task"),
+            Err(_) => tracing::warn!("{what} receiver still had requests at the drain deadline"),
+        }
+    }
+    if let Some((queue, mut task)) = exporter_task {
+        queue.close();
+        let held = queue.held();
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            abort.cancel();
+            let _ = task.await;
+        }
+        tracing::info!(flushed_or_dropped = held, "traces queue drained");
+    }
+    admin_stop.cancel();
+    admin_task.await??;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The gateway's own metrics, all under `vispyr_gateway_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExporterLabels {
+    pub exporter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabels {
+    pub signal: &'static str,
+    pub transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub signal: &'static str,
+    pub transport: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    pub signal: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub accepted_items: Family<ReceiverLabels, Counter>,
+    pub rejected_items: Family<ReceiverLabels, Counter>,
+    pub refused_requests: Family<RefusedLabels, Counter>,
+    pub not_exported_items: Family<SignalLabels, Counter>,
+    pub sent_spans: Family<ExporterLabels, Counter>,
+    pub retried_spans: Family<ExporterLabels, Counter>,
+    pub dropped_spans: Family<ExporterLabels, Counter>,
+    pub queue_spans: Family<ExporterLabels, Gauge>,
+    pub queue_capacity_spans: Family<ExporterLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Registers every metric in `registry` (the root one; the prefix is added here).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics::default();
+        let r = registry.sub_registry_with_prefix("vispyr_gateway");
+        r.register(
+            "receiver_accepted_items",
+            "Spans, data points, log records or profiles accepted from clients",
+            m.accepted_items.clone(),
+        );
+        r.register(
+            "receiver_rejected_items",
+            "Invalid items left out of accepted requests (reported as partial success)",
+            m.rejected_items.clone(),
+        );
+        r.register(
+            "receiver_refused_requests",
+            "Requests refused as a whole, by reason",
+            m.refused_requests.clone(),
+        );
+        r.register(
+            "not_exported_items",
+            "Accepted items dropped because no exporter for their signal is configured or implemented",
+            m.not_exported_items.clone(),
+        );
+        r.register(
+            "exporter_sent_spans",
+            "Spans the backend accepted",
+            m.sent_spans.clone(),
+        );
+        r.register(
+            "exporter_retried_spans",
+            "Spans whose export failed with a retryable error and was retried",
+            m.retried_spans.clone(),
+        );
+        r.register(
+            "exporter_dropped_spans",
+            "Queued spans given up: permanent errors, rejections, retries exhausted, drain timeout",
+            m.dropped_spans.clone(),
+        );
+        r.register(
+            "exporter_queue_spans",
+            "Spans queued or being sent",
+            m.queue_spans.clone(),
+        );
+        r.register(
+            "exporter_queue_capacity_spans",
+            "Spans the queue holds at most",
+            m.queue_capacity_spans.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,523 @@
+//! What every OTLP signal has in common for the receivers: its request and
+//! response types, how many items a request holds, and the errors a receiver
+//! answers with, mapped once to HTTP and gRPC.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::profiles::v1development::{
+    ExportProfilesPartialSuccess, ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use prost::Message;
+
+/// One OTLP signal as the receivers see it.
+pub trait Signal: Send + Sync + 'static {
+    /// `traces`, `metrics`, `logs`, `profiles`: the `signal` label.
+    const NAME: &'static str;
+    /// Fully qualified gRPC service.
+    const GRPC_SERVICE: &'static str;
+    /// OTLP/HTTP path.
+    const HTTP_PATH: &'static str;
+    type Request: Message + Default + serde::de::DeserializeOwned + Send + 'static;
+    type Response: Message + Default + serde::Serialize + Send + 'static;
+    /// Spans, data points, log records or profiles in the request.
+    fn items(request: &Self::Request) -> u64;
+    /// A success response, partial when `rejected > 0`.
+    fn response(rejected: u64, message: String) -> Self::Response;
+    /// The request as traces, for the signal that has an exporter.
+    fn into_traces(_request: Self::Request) -> Option<ExportTraceServiceRequest> {
+        None
+    }
+}
+
+pub struct Traces;
+pub struct Metrics;
+pub struct Logs;
+pub struct Profiles;
+
+impl Signal for Traces {
+    const NAME: &'static str = "traces";
+    const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const HTTP_PATH: &'static str = "/v1/traces";
+    type Request = ExportTraceServiceRequest;
+    type Response = ExportTraceServiceResponse;
+    fn items(r: &Self::Request) -> u64 {
+        span_count(&r.resource_spans)
+    }
+    fn into_traces(request: Self::Request) -> Option<ExportTraceServiceRequest> {
+        Some(request)
+    }
+    fn response(rejected: u64, error_message: String) -> Self::Response {
+        ExportTraceServiceResponse {
+            partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message,
+            }),
+        }
+    }
+}
+
+impl Signal for Metrics {
+    const NAME: &'static str = "metrics";
+    const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const HTTP_PATH: &'static str = "/v1/metrics";
+    type Request = ExportMetricsServiceRequest;
+    type Response = ExportMetricsServiceResponse;
+    fn items(r: &Self::Request) -> u64 {
+        let points = |d: &Data| match d {
+            Data::Gauge(g) => g.data_points.len(),
+            Data::Sum(s) => s.data_points.len(),
+            Data::Histogram(h) => h.data_points.len(),
+            Data::ExponentialHistogram(h) => h.data_points.len(),
+            Data::Summary(s) => s.data_points.len(),
+        };
+        r.resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .map(|m| m.data.as_ref().map_or(0, points) as u64)
+            .sum()
+    }
+    fn response(rejected: u64, error_message: String) -> Self::Response {
+        ExportMetricsServiceResponse {
+            partial_success: (rejected > 0).then_some(ExportMetricsPartialSuccess {
+                rejected_data_points: rejected as i64,
+                error_message,
+            }),
+        }
+    }
+}
+
+impl Signal for Logs {
+    const NAME: &'static str = "logs";
+    const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const HTTP_PATH: &'static str = "/v1/logs";
+    type Request = ExportLogsServiceRequest;
+    type Response = ExportLogsServiceResponse;
+    fn items(r: &Self::Request) -> u64 {
+        r.resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len() as u64)
+            .sum()
+    }
+    fn response(rejected: u64, error_message: String) -> Self::Response {
+        ExportLogsServiceResponse {
+            partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
+                rejected_log_records: rejected as i64,
+                error_message,
+            }),
+        }
+    }
+}
+
+impl Signal for Profiles {
+    const NAME: &'static str = "profiles";
+    const GRPC_SERVICE: &'static str =
+        "opentelemetry.proto.collector.profiles.v1development.ProfilesService";
+    const HTTP_PATH: &'static str = "/v1development/profiles";
+    type Request = ExportProfilesServiceRequest;
+    type Response = ExportProfilesServiceResponse;
+    fn items(r: &Self::Request) -> u64 {
+        r.resource_profiles
+            .iter()
+            .flat_map(|rp| &rp.scope_profiles)
+            .map(|sp| sp.profiles.len() as u64)
+            .sum()
+    }
+    fn response(rejected: u64, error_message: String) -> Self::Response {
+        ExportProfilesServiceResponse {
+            partial_success: (rejected > 0).then_some(ExportProfilesPartialSuccess {
+                rejected_profiles: rejected as i64,
+                error_message,
+            }),
+        }
+    }
+}
+
+pub fn span_count(rs: &[opentelemetry_proto::tonic::trace::v1::ResourceSpans]) -> u64 {
+    rs.iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum()
+}
+
+/// Removes the spans a trace backend cannot store (IDs of the wrong length
+/// or all zero) and returns how many were removed, with a message naming the
+/// first problem.
+pub fn retain_valid_spans(request: &mut ExportTraceServiceRequest) -> (u64, String) {
+    let mut rejected = 0u64;
+    let mut first: Option<String> = None;
+    for rs in &mut request.resource_spans {
+        for ss in &mut rs.scope_spans {
+            ss.spans.retain(|span| match span_problem(span) {
+                None => true,
+                Some(problem) => {
+                    rejected += 1;
+                    first.get_or_insert_with(|| format!("span {:?}: {problem}", span.name));
+                    false
+                }
+            });
+        }
+        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+    }
+    request
+        .resource_spans
+        .retain(|rs| !rs.scope_spans.is_empty());
+    let message = match first {
+        None => String::new(),
+        Some(first) => format!("{rejected} invalid span(s) rejected; first: {first}"),
+    };
+    (rejected, message)
+}
+
+fn span_problem(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<String> {
+    let id = |bytes: &[u8], len: usize, what: &str| -> Option<String> {
+        if bytes.len() != len {
+            Some(format!("{what} has {} bytes, must have {len}", bytes.len()))
+        } else if bytes.iter().all(|b| *b == 0) {
+            Some(format!("{what} is all zeroes"))
+        } else {
+            None
+        }
+    };
+    id(&span.trace_id, 16, "trace_id")
+        .or_else(|| id(&span.span_id, 8, "span_id"))
+        .or_else(|| {
+            (!span.parent_span_id.is_empty())
+                .then(|| id(&span.parent_span_id, 8, "parent_span_id"))
+                .flatten()
+        })
+}
+
+/// Why a request was refused as a whole.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error(
+        "request is over the limit of {limit} bytes{}",
+        size.map(|s| format!(" ({s} bytes)")).unwrap_or_default()
+    )]
+    TooLarge {
+        /// When known (a Content-Length).
+        size: Option<u64>,
+        limit: usize,
+    },
+    #[error("unsupported content type {0:?}; use application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    #[error("unsupported content encoding {0:?}; use gzip or none")]
+    UnsupportedEncoding(String),
+    #[error(
+        "export queue is full ({queued} of {capacity} spans in flight); retry after {}s",
+        retry_after.as_secs()
+    )]
+    QueueFull {
+        queued: u64,
+        capacity: u64,
+        retry_after: Duration,
+    },
+    #[error("request has {spans} spans, more than the queue holds ({capacity}); split it")]
+    OverCapacity { spans: u64, capacity: u64 },
+    #[error("the gateway is shutting down; retry on another replica")]
+    Draining,
+}
+
+impl Refusal {
+    /// The `reason` label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Malformed(_) => "malformed",
+            Refusal::TooLarge { .. } => "too_large",
+            Refusal::UnsupportedMediaType(_) => "unsupported_media_type",
+            Refusal::UnsupportedEncoding(_) => "unsupported_encoding",
+            Refusal::QueueFull { .. } => "queue_full",
+            Refusal::OverCapacity { .. } => "over_capacity",
+            Refusal::Draining => "draining",
+        }
+    }
+
+    /// The client should retry after this long (HTTP Retry-After, gRPC RetryInfo).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Refusal::QueueFull { retry_after, .. } => Some(*retry_after),
+            Refusal::Draining => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Refusal::Malformed(_) => S::BAD_REQUEST,
+            Refusal::TooLarge { .. } | Refusal::OverCapacity { .. } => S::PAYLOAD_TOO_LARGE,
+            Refusal::UnsupportedMediaType(_) | Refusal::UnsupportedEncoding(_) => {
+                S::UNSUPPORTED_MEDIA_TYPE
+            }
+            Refusal::QueueFull { .. } | Refusal::Draining => S::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code as C;
+        match self {
+            Refusal::Malformed(_) | Refusal::UnsupportedEncoding(_) => C::InvalidArgument,
+            Refusal::UnsupportedMediaType(_) => C::InvalidArgument,
+            // Without RetryInfo, RESOURCE_EXHAUSTED is permanent for OTLP clients.
+            Refusal::TooLarge { .. } | Refusal::OverCapacity { .. } => C::ResourceExhausted,
+            // With RetryInfo: retryable, after the hinted delay.
+            Refusal::QueueFull { .. } => C::ResourceExhausted,
+            Refusal::Draining => C::Unavailable,
+        }
+    }
+
+    pub fn to_grpc(&self) -> tonic::Status {
+        let code = self.grpc_code();
+        match self.retry_after() {
+            Some(delay) => tonic::Status::with_details(
+                code,
+                self.to_string(),
+                rpc_status_with_retry_info(code as i32, &self.to_string(), delay),
+            ),
+            None => tonic::Status::new(code, self.to_string()),
+        }
+    }
+}
+
+// google.rpc.Status and google.rpc.RetryInfo, the two messages the OTLP spec
+// uses for errors; written here rather than pulling in a googleapis crate.
+
+/// `google.rpc.Status`, the body of an OTLP/HTTP error response.
+#[derive(Clone, PartialEq, Message, serde::Serialize)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(message, repeated, tag = "3")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Any>,
+}
+
+#[derive(Clone, PartialEq, Message, serde::Serialize)]
+pub struct Any {
+    #[prost(string, tag = "1")]
+    #[serde(rename = "@type")]
+    pub type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(skip)]
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    pub retry_delay: Option<ProtoDuration>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+fn rpc_status_with_retry_info(code: i32, message: &str, delay: Duration) -> Bytes {
+    let info = RetryInfo {
+        retry_delay: Some(ProtoDuration {
+            seconds: delay.as_secs() as i64,
+            nanos: delay.subsec_nanos() as i32,
+        }),
+    };
+    RpcStatus {
+        code,
+        message: message.to_owned(),
+        details: vec![Any {
+            type_url: RETRY_INFO_TYPE.to_owned(),
+            value: info.encode_to_vec(),
+        }],
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// The RetryInfo delay a gRPC status carries, if any.
+pub fn retry_info(status: &tonic::Status) -> Option<Duration> {
+    let details = RpcStatus::decode(status.details()).ok()?;
+    details
+        .details
+        .iter()
+        .filter(|any| any.type_url.ends_with("google.rpc.RetryInfo"))
+        .find_map(|any| RetryInfo::decode(any.value.as_slice()).ok()?.retry_delay)
+        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+}
+
+/// Whether an export that failed with `status` may succeed if sent again
+/// (OTLP spec, "Failures"), and the delay the server asked for.
+pub fn retryable(status: &tonic::Status) -> (bool, Option<Duration>) {
+    use tonic::Code as C;
+    match status.code() {
+        C::Unavailable
+        | C::Cancelled
+        | C::DeadlineExceeded
+        | C::Aborted
+        | C::OutOfRange
+        | C::DataLoss => (true, retry_info(status)),
+        C::ResourceExhausted => match retry_info(status) {
+            Some(delay) => (true, Some(delay)),
+            None => (false, None),
+        },
+        _ => (false, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+
+    #[test]
+    fn otlp_json_ids_are_hex_and_enums_ints() {
+        let json = r#"{"resourceSpans":[{"resource":{"attributes":[
+            {"key":"service.name","value":{"stringValue":"checkout"}}]},
+          "scopeSpans":[{"scope":{"name":"t"},"spans":[{
+            "traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"eee19b7ec3c1b174",
+            "parentSpanId":"","name":"GET /","kind":2,
+            "startTimeUnixNano":"1544712660000000000","endTimeUnixNano":1544712661000000000,
+            "links":[{"traceId":"5b8efff798038103d269b633813fc60d","spanId":"eee19b7ec3c1b175"}],
+            "status":{"code":2},"unknownField":1}]}]}]}"#;
+        let req: ExportTraceServiceRequest = serde_json::from_str(json).unwrap();
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(
+            span.trace_id,
+            [
+                0x5b, 0x8e, 0xff, 0xf7, 0x98, 0x03, 0x81, 0x03, 0xd2, 0x69, 0xb6, 0x33, 0x81, 0x3f,
+                0xc6, 0x0c
+            ]
+        );
+        assert_eq!(
+            span.span_id,
+            [0xee, 0xe1, 0x9b, 0x7e, 0xc3, 0xc1, 0xb1, 0x74]
+        );
+        assert!(span.parent_span_id.is_empty());
+        assert_eq!(span.kind, 2);
+        assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
+        assert_eq!(span.end_time_unix_nano, 1_544_712_661_000_000_000);
+        assert_eq!(span.links[0].span_id[7], 0x75);
+        assert_eq!(span.status.as_ref().unwrap().code, 2);
+        assert_eq!(Traces::items(&req), 1);
+
+        // Base64 (the protobuf JSON default) is not OTLP JSON: refused, not misread.
+        let b64 = json.replace("eee19b7ec3c1b174", "7uGbfsPBsXQ=");
+        assert!(serde_json::from_str::<ExportTraceServiceRequest>(&b64).is_err());
+    }
+
+    #[test]
+    fn response_json_is_camel_case() {
+        let r = Traces::response(2, "bad".into());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["partialSuccess"]["rejectedSpans"], 2);
+        assert_eq!(json["partialSuccess"]["errorMessage"], "bad");
+    }
+
+    fn span(trace: Vec<u8>, id: Vec<u8>, parent: Vec<u8>) -> Span {
+        Span {
+            trace_id: trace,
+            span_id: id,
+            parent_span_id: parent,
+            name: "s".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn invalid_spans_are_removed_and_counted() {
+        let good = span(vec![1; 16], vec![2; 8], vec![]);
+        let mut req = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![
+                            good.clone(),
+                            span(vec![1; 15], vec![2; 8], vec![]),
+                            span(vec![1; 16], vec![0; 8], vec![]),
+                            span(vec![1; 16], vec![2; 8], vec![3; 4]),
+                        ],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![span(vec![0; 16], vec![2; 8], vec![])],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ],
+        };
+        let (rejected, message) = retain_valid_spans(&mut req);
+        assert_eq!(rejected, 4);
+        assert!(
+            message.starts_with(
+                "4 invalid span(s) rejected; first: span \"s\": trace_id has 15 bytes"
+            ),
+            "{message}"
+        );
+        assert_eq!(req.resource_spans.len(), 1);
+        assert_eq!(req.resource_spans[0].scope_spans[0].spans, vec![good]);
+    }
+
+    #[test]
+    fn retry_classification_follows_the_otlp_spec() {
+        use tonic::{Code, Status};
+        for code in [
+            Code::Unavailable,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::DataLoss,
+        ] {
+            assert!(retryable(&Status::new(code, "x")).0, "{code:?}");
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::Internal,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::NotFound,
+            Code::ResourceExhausted,
+        ] {
+            assert!(!retryable(&Status::new(code, "x")).0, "{code:?}");
+        }
+        let full = Refusal::QueueFull {
+            queued: 1,
+            capacity: 1,
+            retry_after: Duration::from_millis(1500),
+        }
+        .to_grpc();
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert_eq!(retryable(&full), (true, Some(Duration::from_millis(1500))));
+        let over = Refusal::OverCapacity {
+            spans: 2,
+            capacity: 1,
+        }
+        .to_grpc();
+        assert_eq!(retryable(&over), (false, None));
+    }
+}
