@@ -20,6 +20,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::Error;
+use crate::process::Process;
 
 pub use prometheus::Prometheus;
 pub use pyroscope::{Flamegraph, Pyroscope};
@@ -85,6 +86,22 @@ fn http_client() -> reqwest::Client {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("a plain-HTTP reqwest client always builds")
+}
+
+/// Starts a tool whose readiness is `GET ready_url` answering 200, logging
+/// to `<root>/<name>.log`; returns it with the client its helpers use.
+async fn spawn_http_ready(
+    name: &str,
+    cmd: Command,
+    root: &Path,
+    ready_url: &str,
+) -> Result<(Process, reqwest::Client), Error> {
+    let mut process = Process::spawn(name, cmd, &root.join(format!("{name}.log")))?;
+    let http = http_client();
+    process
+        .wait_ready(START_TIMEOUT, || http_ok(&http, ready_url))
+        .await?;
+    Ok((process, http))
 }
 
 /// Readiness probe: `GET url` answers 200.

@@ -7,9 +7,7 @@ use std::time::SystemTime;
 use prost::Message;
 use tempfile::TempDir;
 
-use super::{
-    START_TIMEOUT, command, http_client, http_ok, json, millis, send, temp_dir, write_file,
-};
+use super::{command, json, millis, send, spawn_http_ready, temp_dir, write_file};
 use crate::Error;
 use crate::process::{Process, free_port};
 
@@ -53,13 +51,8 @@ impl Prometheus {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--web.enable-remote-write-receiver")
             .arg("--web.enable-otlp-receiver");
-        let mut process = Process::spawn("prometheus", cmd, &root.join("prometheus.log"))?;
-
-        let http = http_client();
-        let ready = format!("{url}/-/ready");
-        process
-            .wait_ready(START_TIMEOUT, || http_ok(&http, &ready))
-            .await?;
+        let (process, http) =
+            spawn_http_ready("prometheus", cmd, root, &format!("{url}/-/ready")).await?;
         Ok(Self {
             process,
             url,

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::{
 use prost::Message;
 use tempfile::TempDir;
 
-use super::{START_TIMEOUT, command, http_client, http_ok, json, millis, send, temp_dir};
+use super::{command, json, millis, send, spawn_http_ready, temp_dir};
 use crate::Error;
 use crate::process::{Process, free_port};
 
@@ -99,13 +99,8 @@ impl Pyroscope {
             .arg("-self-profiling.disable-push=true")
             .arg("-usage-stats.enabled=false")
             .arg("-tracing.enabled=false");
-        let mut process = Process::spawn("pyroscope", cmd, &root.join("pyroscope.log"))?;
-
-        let http = http_client();
-        let ready = format!("{url}/ready");
-        process
-            .wait_ready(START_TIMEOUT, || http_ok(&http, &ready))
-            .await?;
+        let (process, http) =
+            spawn_http_ready("pyroscope", cmd, root, &format!("{url}/ready")).await?;
         Ok(Self {
             process,
             url,
