@@ -4,7 +4,7 @@
 //! and rolls workloads.
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
@@ -388,5 +388,124 @@ async fn controller_reports_status_and_rolls_opted_in_workloads() {
     })
     .await
     .expect("generation 2 observed and rolled out");
+    operator.stop().await;
+}
+
+/// Pods of a Deployment that crash-loop after injection: reported in the
+/// status and, with rollbackOnCrashLoop, the Deployment is opted out.
+#[tokio::test]
+async fn crash_looping_injected_pods_are_reported_and_rolled_back() {
+    let cluster = TestCluster::start().await.expect("control plane starts");
+    let port = free_port();
+    install(&cluster, port).await;
+    let client = cluster.client();
+    let operator = start_operator(&cluster, port).await;
+
+    let mut vi = instrumentation("auto", "node", "automatic");
+    vi.spec.rollout.rollback_on_crash_loop = true;
+    let vis: Api<VispyrInstrumentation> = Api::namespaced(client.clone(), "auto");
+    vis.create(&PostParams::default(), &vi).await.unwrap();
+
+    // Deployment -> ReplicaSet -> Pod, as the controllers would create them.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "auto");
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "checkout"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "checkout"}},
+            "template": {
+                "metadata": {"labels": {"app": "checkout"}, "annotations": {"vispyr.io/inject-nodejs": "true"}},
+                "spec": {"containers": [{"name": "checkout", "image": "node:20"}]}
+            }
+        }
+    }))
+    .unwrap();
+    let deployment = deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "checkout-5d9c7b8f4", "labels": {"app": "checkout", "pod-template-hash": "5d9c7b8f4"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout",
+                "uid": deployment.uid().unwrap(), "controller": true}]},
+        "spec": {
+            "selector": {"matchLabels": {"app": "checkout", "pod-template-hash": "5d9c7b8f4"}},
+            "template": {"metadata": {"labels": {"app": "checkout", "pod-template-hash": "5d9c7b8f4"}},
+                "spec": {"containers": [{"name": "checkout", "image": "node:20"}]}}
+        }
+    }))
+    .unwrap();
+    Api::<ReplicaSet>::namespaced(client.clone(), "auto")
+        .create(&PostParams::default(), &rs)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "auto");
+    let pod = pods
+        .create(
+            &PostParams::default(),
+            &replicaset_pod(json!({"vispyr.io/inject-nodejs": "true"})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        pod.spec.as_ref().unwrap().init_containers.is_some(),
+        "injected"
+    );
+
+    // What the kubelet would report for a container that keeps crashing.
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "containerStatuses": [{
+            "name": "checkout", "image": "node:20", "imageID": "", "ready": false, "restartCount": 5,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 2m40s restarting failed container"}}
+        }]}})),
+    )
+    .await
+    .unwrap();
+    // Pods are not watched: a change of the CR makes the controller look now.
+    vis.patch(
+        "node",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+    )
+    .await
+    .unwrap();
+
+    let condition = eventually(WAIT, || async {
+        let vi = vis.get("node").await.map_err(|e| e.to_string())?;
+        let conditions = vi.status.map(|s| s.conditions).unwrap_or_default();
+        conditions
+            .into_iter()
+            .find(|c| c.type_ == "InjectedPodsHealthy" && c.status == "False")
+            .ok_or_else(|| "crash loop not reported yet".to_string())
+    })
+    .await
+    .expect("status reports the crash-looping pod");
+    assert!(
+        condition.message.contains(&pod.name_any()),
+        "{}",
+        condition.message
+    );
+
+    let opted_out = eventually(WAIT, || async {
+        let d = deployments
+            .get("checkout")
+            .await
+            .map_err(|e| e.to_string())?;
+        let annotations = d
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .unwrap_or_default();
+        match annotations
+            .get("vispyr.io/inject-nodejs")
+            .map(String::as_str)
+        {
+            Some("false") => Ok(()),
+            other => Err(format!("template opt-in is {other:?}")),
+        }
+    })
+    .await;
+    opted_out.expect("the Deployment is rolled back to uninstrumented pods");
     operator.stop().await;
 }
