@@ -509,3 +509,73 @@ async fn crash_looping_injected_pods_are_reported_and_rolled_back() {
     opted_out.expect("the Deployment is rolled back to uninstrumented pods");
     operator.stop().await;
 }
+
+/// One leader at a time; a leader that shuts down hands over at once.
+#[tokio::test]
+async fn leader_election_hands_over_on_shutdown() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+    use vispyr_operator::leader::{LeaseConfig, run_as_leader};
+
+    let cluster = TestCluster::start().await.expect("control plane starts");
+    let leading = Arc::new(AtomicUsize::new(0));
+    let (first_led, second_led) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let candidate = |identity: &str, led: Arc<AtomicUsize>, stop: CancellationToken| {
+        let cfg = LeaseConfig {
+            namespace: "default".into(),
+            name: "vispyr-operator".into(),
+            identity: identity.into(),
+            duration: Duration::from_secs(15),
+        };
+        let leading = leading.clone();
+        tokio::spawn(run_as_leader(cluster.client(), cfg, stop, move |lost| {
+            let (leading, led) = (leading.clone(), led.clone());
+            async move {
+                assert_eq!(
+                    leading.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two leaders at once"
+                );
+                led.fetch_add(1, Ordering::SeqCst);
+                lost.cancelled().await;
+                leading.fetch_sub(1, Ordering::SeqCst);
+            }
+        }))
+    };
+    let (stop_first, stop_second) = (CancellationToken::new(), CancellationToken::new());
+    let first = candidate("first", first_led.clone(), stop_first.clone());
+    eventually(WAIT, || async {
+        if first_led.load(Ordering::SeqCst) == 1 {
+            Ok(())
+        } else {
+            Err("first not leading yet")
+        }
+    })
+    .await
+    .unwrap();
+    let second = candidate("second", second_led.clone(), stop_second.clone());
+    // The lease is held and renewed: the second candidate waits.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        second_led.load(Ordering::SeqCst),
+        0,
+        "second must not lead while first holds the lease"
+    );
+
+    stop_first.cancel();
+    first.await.unwrap().unwrap();
+    // Released on shutdown: the second takes over well before the 15 s expiry.
+    eventually(Duration::from_secs(10), || async {
+        if second_led.load(Ordering::SeqCst) == 1 {
+            Ok(())
+        } else {
+            Err("second not leading yet")
+        }
+    })
+    .await
+    .expect("the second candidate takes over after the first releases the lease");
+    stop_second.cancel();
+    second.await.unwrap().unwrap();
+}
