@@ -23,6 +23,16 @@
 // CPU with taskset; the load generator (its own process), the OTLP sink (its
 // own process, bench/sink.mjs) and this script share the other CPU(s).
 //
+// Two measures per variant:
+//  - req/s (wall clock, from autocannon): what the issue's targets are
+//    stated in, but on a shared machine it moves with whatever else runs;
+//  - the work share: the part of the app's CPU time spent in its own fixed
+//    work (bench/app.cjs measures the time inside it and its event loop's
+//    busy time; the CPU time of its threads comes from /proc). Other load
+//    slows the work and the rest alike, so the ratio of two variants' work
+//    shares is their throughput ratio on a dedicated CPU, with much less
+//    noise. Both are printed, with each target's verdict on both.
+//
 // A benchmark, not a test: a missed target is printed as MISS, the exit
 // status is 0 unless the benchmark itself could not run.
 
