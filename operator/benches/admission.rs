@@ -24,7 +24,7 @@ mod support;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/deployment-pod");
 const MUTATE_ROUNDS: usize = 20_000;
-const CREATES: usize = 300;
+const CREATES: usize = 1000;
 
 fn main() {
     mutate_cost();
