@@ -282,29 +282,14 @@ async fn controller_reports_status_and_rolls_opted_in_workloads() {
 
     // A Deployment that opted in before the operator and its CR existed.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "auto");
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}, "annotations": {"vispyr.io/inject-nodejs": "true"}},
-                "spec": {"containers": [{"name": "web", "image": "node:20"}]}
-            }
-        }
-    }))
-    .unwrap();
     deployments
-        .create(&PostParams::default(), &deployment)
+        .create(
+            &PostParams::default(),
+            &deployment("web", json!({"vispyr.io/inject-nodejs": "true"})),
+        )
         .await
         .unwrap();
-    let untouched: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "other"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "other"}},
-            "template": {"metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "o", "image": "node:20"}]}}
-        }
-    }))
-    .unwrap();
+    let untouched = deployment("other", json!({}));
     deployments
         .create(&PostParams::default(), &untouched)
         .await
@@ -408,19 +393,11 @@ async fn crash_looping_injected_pods_are_reported_and_rolled_back() {
 
     // Deployment -> ReplicaSet -> Pod, as the controllers would create them.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "auto");
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "checkout"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "checkout"}},
-            "template": {
-                "metadata": {"labels": {"app": "checkout"}, "annotations": {"vispyr.io/inject-nodejs": "true"}},
-                "spec": {"containers": [{"name": "checkout", "image": "node:20"}]}
-            }
-        }
-    }))
-    .unwrap();
     let deployment = deployments
-        .create(&PostParams::default(), &deployment)
+        .create(
+            &PostParams::default(),
+            &deployment("checkout", json!({"vispyr.io/inject-nodejs": "true"})),
+        )
         .await
         .unwrap();
     let rs: ReplicaSet = serde_json::from_value(json!({

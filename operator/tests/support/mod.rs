@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
@@ -149,6 +150,21 @@ pub fn replicaset_pod(annotations: serde_json::Value) -> Pod {
                 "uid": "0b5c2d8e-6a8f-4a53-9d7e-2f1c3b4a5d6e", "controller": true}]
         },
         "spec": {"containers": [{"name": "checkout", "image": "node:20", "env": [{"name": "NODE_OPTIONS", "value": "--max-old-space-size=256"}]}]}
+    }))
+    .unwrap()
+}
+
+/// A Deployment `name` whose pod template carries `annotations`.
+pub fn deployment(name: &str, annotations: serde_json::Value) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {"containers": [{"name": name, "image": "node:20"}]}
+            }
+        }
     }))
     .unwrap()
 }
