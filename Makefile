@@ -56,9 +56,11 @@ nodejs-payload: nodejs-deps
 test-unit: deps
 	cargo test --workspace --locked --lib --bins
 
-# crds/ is generated from the Rust types; a test fails when it is stale.
+# crds/ (and the chart's copy) is generated from the Rust types; tests fail
+# when either is stale.
 crds: deps
 	cargo run -q --locked -p vispyr-operator --bin crdgen -- crds
+	cp crds/*.yaml charts/vispyr/crds/
 
 # Rewrites the webhook's golden files (operator/tests/golden) from the code:
 # review the diff, it is the spec.

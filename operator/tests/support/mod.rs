@@ -89,6 +89,11 @@ pub async fn create_namespace(client: &Client, name: &str, annotations: BTreeMap
 }
 
 pub async fn start_operator(cluster: &TestCluster, webhook_port: u16) -> Operator {
+    start_operator_as(cluster.client(), webhook_port).await
+}
+
+/// The operator with the identity of `client` (e.g. the chart's ServiceAccount).
+pub async fn start_operator_as(client: Client, webhook_port: u16) -> Operator {
     let config = Config {
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         webhook_addr: SocketAddr::from(([127, 0, 0, 1], webhook_port)),
@@ -99,7 +104,7 @@ pub async fn start_operator(cluster: &TestCluster, webhook_port: u16) -> Operato
         ..Config::default()
     };
     let shutdown = CancellationToken::new();
-    let (admin, _, done) = service::start(cluster.client(), config, shutdown.clone())
+    let (admin, _, done) = service::start(client, config, shutdown.clone())
         .await
         .expect("operator starts");
     let done = tokio::spawn(done);
