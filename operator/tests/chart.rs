@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use vispyr_e2e::process::free_port;
@@ -61,11 +61,7 @@ async fn operator_works_with_exactly_the_charts_rbac() {
 
     let cluster = TestCluster::start().await.expect("control plane starts");
     let admin = cluster.client();
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": SYSTEM_NS}})).unwrap();
-    Api::<Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    create_namespace(&admin, SYSTEM_NS, Default::default()).await;
     let file = cluster.dir().join("rendered.yaml");
     std::fs::write(&file, &rendered).unwrap();
     cluster
@@ -104,11 +100,7 @@ async fn operator_works_with_exactly_the_charts_rbac() {
     let operator = start_operator_as(operator_client.clone(), port).await;
 
     // Its real work: certificate Secret, CA bundle, injection, status, Events.
-    let shop: Namespace = serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap();
-    Api::<Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &shop)
-        .await
-        .unwrap();
+    create_namespace(&admin, "shop", Default::default()).await;
     let vis: Api<VispyrInstrumentation> = Api::namespaced(admin.clone(), "shop");
     vis.create(
         &PostParams::default(),
