@@ -544,7 +544,7 @@ async fn leader_election_hands_over_on_shutdown() {
     stop_first.cancel();
     first.await.unwrap().unwrap();
     // Released on shutdown: the second takes over well before the 15 s expiry.
-    eventually(Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(12), || async {
         if second_led.load(Ordering::SeqCst) == 1 {
             Ok(())
         } else {
