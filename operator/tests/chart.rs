@@ -175,3 +175,22 @@ async fn operator_works_with_exactly_the_charts_rbac() {
 fn forbidden<T>(result: Result<T, kube::Error>) -> bool {
     matches!(result, Err(kube::Error::Api(s)) if s.code == 403)
 }
+
+#[test]
+fn chart_refuses_bad_values_naming_them() {
+    let out = Command::new(tool("helm").unwrap())
+        .args([
+            "template",
+            "vispyr",
+            CHART,
+            "--kube-version",
+            "1.36.3",
+            "--set",
+            "operator.replica=2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a misspelt value must not render");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("replica"), "{stderr}");
+}
