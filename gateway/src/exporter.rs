@@ -10,12 +10,17 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use bytes::{Buf, BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use prost::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::TracesExporter;
@@ -193,7 +198,7 @@ impl TraceQueue {
 }
 
 pub struct TraceExporter {
-    client: TraceServiceClient<Channel>,
+    client: tonic::client::Grpc<Channel>,
     config: TracesExporter,
     metrics: Metrics,
 }
@@ -212,7 +217,7 @@ impl TraceExporter {
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
         Ok(TraceExporter {
-            client: TraceServiceClient::new(channel).max_decoding_message_size(16 << 20),
+            client: tonic::client::Grpc::new(channel).max_decoding_message_size(16 << 20),
             config,
             metrics,
         })
@@ -251,7 +256,9 @@ impl TraceExporter {
         resource_spans: Vec<ResourceSpans>,
         abort: &CancellationToken,
     ) {
-        let request = ExportTraceServiceRequest { resource_spans };
+        // Encoded once: a retry resends these bytes instead of a deep copy of
+        // the batch.
+        let request = Bytes::from(ExportTraceServiceRequest { resource_spans }.encode_to_vec());
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let started = Instant::now();
         let max_elapsed = Duration::from_millis(self.config.retry_max_elapsed_ms);
@@ -262,7 +269,7 @@ impl TraceExporter {
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(timeout);
             let result = tokio::select! {
-                r = tokio::time::timeout(timeout, self.client.export(req)) => r.unwrap_or_else(|_| {
+                r = tokio::time::timeout(timeout, self.export(req)) => r.unwrap_or_else(|_| {
                     Err(tonic::Status::deadline_exceeded("export timed out"))
                 }),
                 () = abort.cancelled() => Err(tonic::Status::cancelled("drain timed out")),
@@ -335,6 +342,63 @@ impl TraceExporter {
             }
             backoff = (backoff * 2).min(max_backoff);
         }
+    }
+}
+
+impl TraceExporter {
+    async fn export(
+        &mut self,
+        request: tonic::Request<Bytes>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
+        self.client
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("trace backend not reachable: {e}")))?;
+        let path = http::uri::PathAndQuery::from_static(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        );
+        self.client
+            .unary(request, path, PreEncoded(std::marker::PhantomData))
+            .await
+    }
+}
+
+/// Sends an already encoded request; decodes the response with prost.
+struct PreEncoded<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R: Message + Default + Send + 'static> Codec for PreEncoded<R> {
+    type Encode = Bytes;
+    type Decode = R;
+    type Encoder = PreEncoded<R>;
+    type Decoder = PreEncoded<R>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PreEncoded(std::marker::PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PreEncoded(std::marker::PhantomData)
+    }
+}
+
+impl<R> Encoder for PreEncoded<R> {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl<R: Message + Default> Decoder for PreEncoded<R> {
+    type Item = R;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<R>, Status> {
+        R::decode(src.copy_to_bytes(src.remaining()))
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding the backend's response: {e}")))
     }
 }
 

@@ -63,8 +63,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let export =
-            req.uri().path().strip_suffix("/Export") == Some(&format!("/{}", S::GRPC_SERVICE));
+        let export = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_suffix("/Export"))
+            == Some(S::GRPC_SERVICE);
         let this = self.clone();
         Box::pin(async move {
             if !export {
