@@ -110,18 +110,10 @@ impl TraceStore {
             "{}/api/v3/traces/{trace_id_hex}?raw_traces=true",
             self.query_url
         );
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| Error::http(&what, e))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let resp = checked(&what, resp).await?;
-        let mut body = json(&what, resp).await?;
-        Ok(Some(body["result"].take()))
+        Ok(self
+            .get_result(&what, url)
+            .await?
+            .map(|mut body| body["result"].take()))
     }
 
     /// The spans of a trace, flattened; empty if the trace is not stored (yet).
@@ -149,17 +141,9 @@ impl TraceStore {
             ],
         )
         .map_err(|e| Error::backend(&what, e.to_string()))?;
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| Error::http(&what, e))?;
-        // Jaeger answers 404 "No traces found" to an empty search.
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        let Some(body) = self.get_result(&what, url).await? else {
             return Ok(Vec::new());
-        }
-        let body = json(&what, checked(&what, resp).await?).await?;
+        };
         let mut ids: Vec<String> = Vec::new();
         for span in spans_of(&body["result"]) {
             if !ids.contains(&span.trace_id) {
@@ -167,6 +151,25 @@ impl TraceStore {
             }
         }
         Ok(ids)
+    }
+
+    /// GET a query as JSON; `None` for Jaeger's 404, its answer when nothing
+    /// matches (an unknown trace ID, an empty search).
+    async fn get_result(
+        &self,
+        what: &str,
+        url: impl reqwest::IntoUrl,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| Error::http(what, e))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Ok(Some(json(what, checked(what, resp).await?).await?))
     }
 
     /// Flattens OTLP JSON traces (as returned by [`Self::trace`]) into spans.
