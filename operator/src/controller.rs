@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
@@ -24,9 +25,9 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
 use crate::crd::{RolloutMode, VispyrInstrumentation, VispyrInstrumentationStatus};
 use crate::inject::{self, INJECTED_ANNOTATION, INJECTED_LABEL, Outcome};
+use crate::{Error, namespaces};
 
 /// Pod-template annotation the controller sets to roll a workload: the
 /// instrumentation and generation its pods must be injected with.
@@ -71,6 +72,8 @@ impl ControllerMetrics {
 /// What every reconciliation shares.
 pub struct Context {
     pub client: Client,
+    /// The namespace cache the webhook also reads.
+    pub namespaces: Store<Namespace>,
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
 }
@@ -258,7 +261,6 @@ where
         + std::fmt::Debug,
 {
     let mut rolled = Vec::new();
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     for mut workload in Api::<K>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await?
@@ -277,7 +279,7 @@ where
         if annotations.get(ROLLOUT_ANNOTATION).map(String::as_str) == Some(marker) {
             continue;
         }
-        let namespace = namespaces.get(&ns_name).await?;
+        let namespace = namespaces::get(&ctx.client, &ctx.namespaces, &ns_name).await?;
         if !opts_into(tpl, &ns_name, &namespace, vi, key) {
             continue;
         }

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 pub mod inject;
 pub mod leader;
+pub mod namespaces;
 pub mod service;
 pub mod webhook;
 

@@ -169,6 +169,7 @@ pub async fn start(
 
     let ctx = Arc::new(controller::Context {
         client: client.clone(),
+        namespaces: namespaces.clone(),
         recorder,
         metrics: controller_metrics,
     });

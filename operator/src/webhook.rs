@@ -31,6 +31,7 @@ use crate::Error;
 use crate::certs::ServingCert;
 use crate::crd::VispyrInstrumentation;
 use crate::inject::{self, Outcome, Rejection};
+use crate::namespaces;
 
 /// Path the MutatingWebhookConfiguration calls.
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
@@ -184,17 +185,13 @@ impl Webhook {
         }
     }
 
-    async fn namespace(&self, request: &AdmissionRequest<Pod>, pod: &Pod) -> Namespace {
+    async fn namespace(&self, request: &AdmissionRequest<Pod>, pod: &Pod) -> Arc<Namespace> {
         let name = request
             .namespace
             .clone()
             .or(pod.metadata.namespace.clone())
             .unwrap_or_else(|| "default".into());
-        let key = kube::runtime::reflector::ObjectRef::new(&name);
-        if let Some(ns) = self.namespaces.get(&key) {
-            return (*ns).clone();
-        }
-        match Api::<Namespace>::all(self.client.clone()).get(&name).await {
+        match namespaces::get(&self.client, &self.namespaces, &name).await {
             Ok(ns) => ns,
             Err(e) => {
                 // Without the namespace its annotation cannot opt the pod in;
@@ -202,7 +199,7 @@ impl Webhook {
                 tracing::warn!(namespace = %name, error = %e, "cannot read namespace");
                 let mut ns = Namespace::default();
                 ns.metadata.name = Some(name);
-                ns
+                Arc::new(ns)
             }
         }
     }
