@@ -16,11 +16,11 @@ use crate::{Error, tool};
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct TestCluster {
-    // Field order is drop order: the apiserver goes before its etcd.
-    apiserver: Process,
-    etcd: Process,
+    // Held to be killed when the cluster drops; field order is drop order,
+    // so the apiserver goes before its etcd.
+    _apiserver: Process,
+    _etcd: Process,
     client: Client,
-    url: String,
     kubeconfig: PathBuf,
     dir: TempDir,
 }
@@ -35,7 +35,7 @@ impl TestCluster {
             .map_err(|e| Error::io(Path::new("/tmp"), e))?;
         let root = dir.path().to_path_buf();
         let etcd = start_etcd(&root).await?;
-        let (mut apiserver, url, kubeconfig) = start_apiserver(&root, etcd.1).await?;
+        let (mut apiserver, kubeconfig) = start_apiserver(&root, etcd.1).await?;
 
         let client = Client::try_from(load_config(&kubeconfig).await?)?;
         let probe_client = client.clone();
@@ -53,10 +53,9 @@ impl TestCluster {
             })
             .await?;
         Ok(Self {
-            apiserver,
-            etcd: etcd.0,
+            _apiserver: apiserver,
+            _etcd: etcd.0,
             client,
-            url,
             kubeconfig,
             dir,
         })
@@ -70,11 +69,6 @@ impl TestCluster {
     /// A kubeconfig file for kubectl and helm, as cluster-admin.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
-    }
-
-    /// The apiserver's https URL.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     /// A client that acts as `user` (and `groups`) through impersonation, so a
@@ -104,14 +98,6 @@ impl TestCluster {
             ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    pub fn apiserver(&mut self) -> &mut Process {
-        &mut self.apiserver
-    }
-
-    pub fn etcd(&mut self) -> &mut Process {
-        &mut self.etcd
     }
 
     pub fn dir(&self) -> &Path {
@@ -153,7 +139,7 @@ async fn start_etcd(root: &Path) -> Result<(Process, u16), Error> {
     Ok((etcd, client_port))
 }
 
-async fn start_apiserver(root: &Path, etcd_port: u16) -> Result<(Process, String, PathBuf), Error> {
+async fn start_apiserver(root: &Path, etcd_port: u16) -> Result<(Process, PathBuf), Error> {
     let pki = Pki::generate()?;
     let write = |name: &str, content: &str| -> Result<PathBuf, Error> {
         let path = root.join(name);
@@ -208,7 +194,7 @@ async fn start_apiserver(root: &Path, etcd_port: u16) -> Result<(Process, String
         "kubeconfig",
         &serde_yaml::to_string(&kubeconfig).expect("JSON value is YAML"),
     )?;
-    Ok((apiserver, url, kubeconfig_path))
+    Ok((apiserver, kubeconfig_path))
 }
 
 async fn load_config(kubeconfig: &Path) -> Result<kube::Config, Error> {

@@ -41,18 +41,6 @@ impl Process {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
     /// The last lines the tool wrote, for error messages.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log)

@@ -206,7 +206,7 @@ async fn reconcile_inner(vi: &VispyrInstrumentation, ctx: &Context) -> Result<Ac
         observed_generation: generation,
         instrumented_pods: injected.len().try_into().unwrap_or(i32::MAX),
     };
-    if vi.status.as_ref() != Some(&status) || vi.status.is_none() {
+    if vi.status.as_ref() != Some(&status) {
         let api: Api<VispyrInstrumentation> =
             Api::namespaced(ctx.client.clone(), &vi.namespace().unwrap_or_default());
         api.patch_status(

@@ -71,11 +71,6 @@ impl Prometheus {
         format!("{}/api/v1/write", self.url)
     }
 
-    /// Where OTLP/HTTP metrics go (the full path, not a base URL).
-    pub fn otlp_metrics_url(&self) -> String {
-        format!("{}/api/v1/otlp/v1/metrics", self.url)
-    }
-
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
     }
