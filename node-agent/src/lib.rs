@@ -1,0 +1,3 @@
+//! vispyr-node-agent: the eBPF CPU profiler and host metrics of one node.
+
+pub mod stack;
