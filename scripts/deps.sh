@@ -29,3 +29,7 @@ fi
 for cmd in node npm; do
   command -v "$cmd" >/dev/null || { echo "deps: $cmd is required (Node.js >= 18.19) for the instrumentation package" >&2; exit 1; }
 done
+
+# The node cluster test (e2e/tests/node_cluster.rs) and the image builder run
+# containerd, runc and CNI plugins from the system's packages.
+"$(dirname "$0")/../e2e/cluster/deps.sh"

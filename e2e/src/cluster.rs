@@ -1,6 +1,7 @@
 //! A real Kubernetes control plane for tests: etcd + kube-apiserver, no
 //! kubelet. Pods are stored, admitted and mutated, never run.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -9,11 +10,13 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tempfile::TempDir;
 
-use crate::pki::Pki;
+use crate::pki::{Pem, Pki};
 use crate::process::{Process, free_port};
 use crate::{Error, tool};
 
-const START_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// ClusterIPs of Services; the first one is the `kubernetes` Service's.
+pub(crate) const SERVICE_CIDR: &str = "10.96.0.0/24";
 
 pub struct TestCluster {
     // Held to be killed when the cluster drops; field order is drop order,
@@ -21,8 +24,21 @@ pub struct TestCluster {
     _apiserver: Process,
     _etcd: Process,
     client: Client,
+    server: String,
     kubeconfig: PathBuf,
     dir: TempDir,
+}
+
+/// Where and how the apiserver serves: [`TestCluster::start`] keeps it on
+/// loopback with no nodes; a node cluster puts it where pods reach it and lets
+/// kubelets in.
+pub(crate) struct ApiserverSetup<'a> {
+    pub address: IpAddr,
+    pub pki: &'a Pki,
+    /// Node authorizer, NodeRestriction and the ServiceAccount admission
+    /// plugin (which needs a controller-manager), and a client certificate
+    /// for the apiserver's calls to kubelets (logs, exec).
+    pub nodes: bool,
 }
 
 impl TestCluster {
@@ -33,9 +49,19 @@ impl TestCluster {
             .prefix("vispyr-cluster-")
             .tempdir()
             .map_err(|e| Error::io(Path::new("/tmp"), e))?;
+        let pki = Pki::generate(&[])?;
+        let setup = ApiserverSetup {
+            address: Ipv4Addr::LOCALHOST.into(),
+            pki: &pki,
+            nodes: false,
+        };
+        Self::start_in(dir, &setup).await
+    }
+
+    pub(crate) async fn start_in(dir: TempDir, setup: &ApiserverSetup<'_>) -> Result<Self, Error> {
         let root = dir.path().to_path_buf();
         let etcd = start_etcd(&root).await?;
-        let (mut apiserver, kubeconfig) = start_apiserver(&root, etcd.1).await?;
+        let (mut apiserver, kubeconfig, server) = start_apiserver(&root, etcd.1, setup).await?;
 
         let client = Client::try_from(load_config(&kubeconfig).await?)?;
         let probe_client = client.clone();
@@ -56,9 +82,15 @@ impl TestCluster {
             _apiserver: apiserver,
             _etcd: etcd.0,
             client,
+            server,
             kubeconfig,
             dir,
         })
+    }
+
+    /// The apiserver's URL, `https://<address>:<port>`.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// A client authenticated as cluster-admin (group `system:masters`).
@@ -139,62 +171,86 @@ async fn start_etcd(root: &Path) -> Result<(Process, u16), Error> {
     Ok((etcd, client_port))
 }
 
-async fn start_apiserver(root: &Path, etcd_port: u16) -> Result<(Process, PathBuf), Error> {
-    let pki = Pki::generate()?;
-    let write = |name: &str, content: &str| -> Result<PathBuf, Error> {
-        let path = root.join(name);
-        std::fs::write(&path, content).map_err(|e| Error::io(&path, e))?;
-        Ok(path)
-    };
-    let ca = write("ca.crt", &pki.ca)?;
-    let cert = write("apiserver.crt", &pki.serving.cert)?;
-    let key = write("apiserver.key", &pki.serving.key)?;
-    let sa_key = write("service-account.key", &pki.service_account_key.key)?;
-    let sa_pub = write("service-account.pub", &pki.service_account_key.cert)?;
+async fn start_apiserver(
+    root: &Path,
+    etcd_port: u16,
+    setup: &ApiserverSetup<'_>,
+) -> Result<(Process, PathBuf, String), Error> {
+    let pki = setup.pki;
+    let ca = write(root, "ca.crt", &pki.ca)?;
+    let cert = write(root, "apiserver.crt", &pki.serving.cert)?;
+    let key = write(root, "apiserver.key", &pki.serving.key)?;
+    let sa_key = write(root, "service-account.key", &pki.service_account_key.key)?;
+    let sa_pub = write(root, "service-account.pub", &pki.service_account_key.cert)?;
 
     let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
+    let url = format!("https://{}", SocketAddr::new(setup.address, port));
     let mut cmd = Command::new(tool("kube-apiserver")?);
     cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--bind-address={}", setup.address))
+        .arg(format!("--advertise-address={}", setup.address))
         .arg(format!("--secure-port={port}"))
         .arg(format!("--cert-dir={}", root.join("certs").display()))
         .arg(format!("--tls-cert-file={}", cert.display()))
         .arg(format!("--tls-private-key-file={}", key.display()))
         .arg(format!("--client-ca-file={}", ca.display()))
-        .arg("--authorization-mode=RBAC")
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
         .arg(format!("--service-account-key-file={}", sa_pub.display()))
         .arg(format!(
             "--service-account-signing-key-file={}",
             sa_key.display()
         ))
-        .arg("--service-cluster-ip-range=10.96.0.0/24")
-        .arg("--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook")
-        // With no controller-manager, no namespace ever gets its "default"
-        // ServiceAccount, and this plugin would refuse every pod.
-        .arg("--disable-admission-plugins=ServiceAccount")
+        .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
         .arg("--allow-privileged=true")
         .arg("--enable-priority-and-fairness=false");
+    if setup.nodes {
+        let kubelet_cert = write(root, "apiserver-kubelet-client.crt", &pki.admin.cert)?;
+        let kubelet_key = write(root, "apiserver-kubelet-client.key", &pki.admin.key)?;
+        cmd.arg("--authorization-mode=Node,RBAC")
+            .arg("--enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook")
+            .arg(format!("--kubelet-client-certificate={}", kubelet_cert.display()))
+            .arg(format!("--kubelet-client-key={}", kubelet_key.display()))
+            .arg("--kubelet-preferred-address-types=InternalIP");
+    } else {
+        cmd.arg("--authorization-mode=RBAC")
+            .arg("--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook")
+            // With no controller-manager, no namespace ever gets its "default"
+            // ServiceAccount, and this plugin would refuse every pod.
+            .arg("--disable-admission-plugins=ServiceAccount");
+    }
     let apiserver = Process::spawn("kube-apiserver", cmd, &root.join("kube-apiserver.log"))?;
+    let kubeconfig = write_kubeconfig(&root.join("kubeconfig"), &url, &pki.ca, &pki.admin)?;
+    Ok((apiserver, kubeconfig, url))
+}
 
+pub(crate) fn write(dir: &Path, name: &str, content: &str) -> Result<PathBuf, Error> {
+    let path = dir.join(name);
+    std::fs::write(&path, content).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}
+
+/// A kubeconfig for `server` that authenticates with the client certificate
+/// `user`, for kubectl, helm and the cluster's own components.
+pub(crate) fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &str,
+    user: &Pem,
+) -> Result<PathBuf, Error> {
     let kubeconfig = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "e2e", "cluster": {"server": url, "certificate-authority-data": b64(&pki.ca)}}],
-        "users": [{"name": "admin", "user": {
-            "client-certificate-data": b64(&pki.admin.cert),
-            "client-key-data": b64(&pki.admin.key),
+        "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority-data": b64(ca)}}],
+        "users": [{"name": "user", "user": {
+            "client-certificate-data": b64(&user.cert),
+            "client-key-data": b64(&user.key),
         }}],
-        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "user"}}],
         "current-context": "e2e",
     });
-    let kubeconfig_path = write(
-        "kubeconfig",
-        &serde_yaml::to_string(&kubeconfig).expect("JSON value is YAML"),
-    )?;
-    Ok((apiserver, kubeconfig_path))
+    let content = serde_yaml::to_string(&kubeconfig).expect("JSON value is YAML");
+    std::fs::write(path, content).map_err(|e| Error::io(path, e))?;
+    Ok(path.to_path_buf())
 }
 
 async fn load_config(kubeconfig: &Path) -> Result<kube::Config, Error> {

@@ -5,6 +5,12 @@ use std::time::Duration;
 pub enum Error {
     #[error("{name} is not in {dir}: run `make tools` to build the pinned upstream tools")]
     MissingTool { name: String, dir: PathBuf },
+    #[error("{name} is not installed: run e2e/cluster/deps.sh (make deps)")]
+    MissingSystemTool { name: String },
+    #[error("a node cluster runs containerd and a kubelet, which need root")]
+    NotRoot,
+    #[error("the node cluster left traces on the host:\n{}", .0.join("\n"))]
+    Leftovers(Vec<String>),
     #[error("starting {name}: {source}")]
     Spawn {
         name: String,

@@ -3,12 +3,15 @@
 //!
 //! - [`TestCluster`]: etcd + kube-apiserver (RBAC, service accounts, admission
 //!   webhooks) and a `kube::Client` for it.
+//! - [`NodeCluster`]: the same control plane plus controller-manager,
+//!   scheduler, containerd and a kubelet: pods really run (root only).
 //! - [`Backends`]: Prometheus, the trace store and Pyroscope, with query helpers.
 
 mod backends;
 mod cluster;
 mod error;
 mod eventually;
+mod node;
 mod pki;
 pub mod process;
 mod tools;
@@ -17,4 +20,5 @@ pub use backends::{Backends, Flamegraph, Prometheus, Pyroscope, TraceSpan, Trace
 pub use cluster::TestCluster;
 pub use error::Error;
 pub use eventually::eventually;
+pub use node::{NODE_NAME, NodeCluster};
 pub use tools::tool;

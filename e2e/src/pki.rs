@@ -1,5 +1,7 @@
 //! Certificates for a throwaway control plane: one CA that signs the
-//! apiserver's serving certificate and an admin client certificate.
+//! apiserver's serving certificate and client certificates (admin, kubelet).
+
+use std::net::IpAddr;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
@@ -15,6 +17,7 @@ pub(crate) struct Pem {
 }
 
 pub(crate) struct Pki {
+    issuer: CertifiedIssuer<'static, KeyPair>,
     pub ca: String,
     pub serving: Pem,
     pub admin: Pem,
@@ -23,7 +26,8 @@ pub(crate) struct Pki {
 }
 
 impl Pki {
-    pub fn generate() -> Result<Self, Error> {
+    /// `addresses`: the IPs the apiserver serves on besides 127.0.0.1.
+    pub fn generate(addresses: &[IpAddr]) -> Result<Self, Error> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.distinguished_name = name("vispyr-e2e-ca", None);
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -39,18 +43,20 @@ impl Pki {
         serving
             .subject_alt_names
             .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        serving
+            .subject_alt_names
+            .extend(addresses.iter().map(|ip| SanType::IpAddress(*ip)));
         serving.distinguished_name = name("kube-apiserver", None);
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
 
+        let serving = sign(serving, &ca)?;
         // The apiserver maps O to groups: system:masters is cluster-admin.
-        let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin.distinguished_name = name("vispyr-e2e-admin", Some("system:masters"));
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-
+        let admin = sign(client_params("vispyr-e2e-admin", "system:masters")?, &ca)?;
         Ok(Self {
             ca: ca.pem(),
-            serving: sign(serving, &ca)?,
-            admin: sign(admin, &ca)?,
+            issuer: ca,
+            serving,
+            admin,
             service_account_key: {
                 let key = KeyPair::generate()?;
                 Pem {
@@ -60,6 +66,18 @@ impl Pki {
             },
         })
     }
+
+    /// A client certificate for user `common` in group `organization`.
+    pub fn client(&self, common: &str, organization: &str) -> Result<Pem, Error> {
+        sign(client_params(common, organization)?, &self.issuer)
+    }
+}
+
+fn client_params(common: &str, organization: &str) -> Result<CertificateParams, Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(common, Some(organization));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
 }
 
 fn name(common: &str, organization: Option<&str>) -> DistinguishedName {

@@ -41,6 +41,10 @@ impl Process {
         })
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The last lines the tool wrote, for error messages.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log)
