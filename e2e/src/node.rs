@@ -43,7 +43,8 @@ const CNI_BIN: &str = "/usr/lib/cni";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Fixed paths that containerd, libcni and kubelet use whatever their
 /// configuration says; removed at teardown when they did not exist before.
-const HOST_SCRATCH: [&str; 6] = [
+const HOST_SCRATCH: [&str; 7] = [
+    "/run/mount",
     "/run/containerd",
     "/var/lib/cni",
     "/run/netns",
@@ -347,6 +348,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "vispyr.local/pause:dev"
   netns_mounts_under_state_dir = true
+  # Pod sandboxes ask for oom_score_adj -998, which needs CAP_SYS_RESOURCE:
+  # some machines' root (this VM's, containers') lacks it, and runc then fails
+  # every pod. Never below containerd's own score instead.
+  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd]
