@@ -14,12 +14,13 @@ TOOLS := etcd kubernetes prometheus jaeger pyroscope helm node_exporter
 
 NODEJS := instrumentation/nodejs
 
-.PHONY: help deps tools build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden bench demo fmt lint clean-tools
+.PHONY: help deps tools images build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden bench demo fmt lint clean-tools
 
 help:
 	@echo "make demo   bring up Vispyr on this machine with a demo Node.js app (not yet: see README)"
 	@echo "make test   every test, against real etcd, kube-apiserver, Prometheus, trace store, Pyroscope, Node.js"
 	@echo "make tools  build the pinned upstream tools into $(CACHE)/tools, linked from .tools/bin"
+	@echo "make images build the container images (no Docker, no registry) into $(CACHE)/images"
 	@echo "make build  build the workspace"
 	@echo "make crds   regenerate crds/ from the Rust types"
 	@echo "make golden regenerate the webhook's golden files"
@@ -31,6 +32,11 @@ deps:
 
 tools: deps
 	@e2e/tools/build.sh $(TOOLS)
+
+# Container images (OCI layouts, no Docker, no registry) into $(CACHE)/images;
+# e.g. `make images IMAGES="pause hello"`. See e2e/images/build.sh.
+images: deps
+	CACHE=$(CACHE) e2e/images/build.sh $(IMAGES)
 
 build: deps
 	cargo build --workspace --all-targets --locked

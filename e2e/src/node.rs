@@ -64,6 +64,7 @@ const SYSTEM_TOOLS: [&str; 7] = [
 ];
 /// Where kubelet and containerd look for runc, mount and iptables.
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const KEEP_LOGS_ENV: &str = "VISPYR_NODE_LOGS";
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -541,7 +542,27 @@ impl NodeHost {
         for path in &self.scratch_created {
             let _ = std::fs::remove_dir_all(path);
         }
+        self.keep_logs();
         self.swept = true;
+    }
+
+    /// With `VISPYR_NODE_LOGS=<dir>`, the components' logs are copied there
+    /// before the state dir goes (CI keeps them as artifacts of a failure).
+    fn keep_logs(&self) {
+        let Some(to) = std::env::var_os(KEEP_LOGS_ENV).map(PathBuf::from) else {
+            return;
+        };
+        let _ = std::fs::create_dir_all(&to);
+        for entry in std::fs::read_dir(&self.state)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let _ = std::fs::copy(&path, to.join(entry.file_name()));
+            }
+        }
     }
 
     /// Every trace of the cluster still on the host, described for a human.
