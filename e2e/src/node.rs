@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 
 use crate::cluster::{ApiserverSetup, START_TIMEOUT, write, write_kubeconfig};
@@ -105,7 +105,7 @@ impl NodeCluster {
 
         let containerd = start_containerd(&state, &self.node.socket).await?;
         self.node.components.push(containerd);
-        self.import_images(&["pause"])?;
+        self.import_images(&["pause"]).await?;
 
         let mut cmd = Command::new(tool("kube-controller-manager")?);
         cmd.arg(format!("--kubeconfig={}", admin.display()))
@@ -174,15 +174,16 @@ impl NodeCluster {
     /// Builds the named images with `e2e/images/build.sh` and imports them
     /// into this node's containerd; returns the script's report, one line per
     /// image.
-    pub fn import_images(&self, names: &[&str]) -> Result<String, Error> {
+    pub async fn import_images(&self, names: &[&str]) -> Result<String, Error> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh");
-        let out = Command::new("bash")
+        let out = tokio::process::Command::new("bash")
             .arg(&script)
             .arg("--import")
             .arg(&self.node.socket)
             .args(names)
             .env("PATH", path_with_system_dirs())
             .output()
+            .await
             .map_err(|source| Error::Spawn {
                 name: script.display().to_string(),
                 source,
@@ -210,20 +211,17 @@ impl NodeCluster {
             }
         }
         let pods: Api<Pod> = Api::all(client.clone());
-        let drained = delete_all_pods(client).await;
-        drained.and(
-            eventually(DRAIN_TIMEOUT, || async {
-                let left = pods.list(&ListParams::default()).await?;
-                match left.items.len() {
-                    0 => Ok(()),
-                    n => Err(Error::backend(
-                        "draining the node",
-                        format!("{n} pods still terminating"),
-                    )),
-                }
-            })
-            .await,
-        )?;
+        delete_all_pods(client).await?;
+        eventually(DRAIN_TIMEOUT, || async {
+            match pods.list(&ListParams::default()).await?.items.len() {
+                0 => Ok(()),
+                n => Err(Error::backend(
+                    "draining the node",
+                    format!("{n} pods still terminating"),
+                )),
+            }
+        })
+        .await?;
         // kubelet, then containerd: each with a chance to exit cleanly.
         for p in self.node.components.iter_mut().rev() {
             p.terminate(STOP_GRACE);
@@ -251,7 +249,7 @@ impl NodeCluster {
 }
 
 async fn delete_all_pods(client: kube::Client) -> Result<(), Error> {
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
     // A short grace: the test's pods have nothing to flush.
     let params = DeleteParams {
         grace_period_seconds: Some(1),

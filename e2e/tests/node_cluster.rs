@@ -20,6 +20,7 @@ async fn runs_a_pod_from_a_local_image_and_leaves_nothing_behind() {
     let built = Instant::now();
     let report = cluster
         .import_images(&["hello"])
+        .await
         .expect("hello image builds and imports");
     let imported = built.elapsed();
     assert!(
