@@ -694,7 +694,13 @@ fn in_cgroup_root(path: &str) -> bool {
 }
 
 fn cgroup_hierarchies() -> Vec<PathBuf> {
-    std::fs::read_dir(CGROUP_FS)
+    let fs = Path::new(CGROUP_FS);
+    // cgroup v2 only: one hierarchy, mounted right there.
+    if fs.join("cgroup.controllers").exists() {
+        return vec![fs.to_path_buf()];
+    }
+    // v1 or hybrid: one mount per controller (and name=systemd, unified).
+    std::fs::read_dir(fs)
         .map(|entries| {
             entries
                 .flatten()
