@@ -163,6 +163,13 @@ fn spawner() -> &'static Spawner {
                             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                                 return Err(std::io::Error::last_os_error());
                             }
+                            // A process group of its own: Ctrl-C in a terminal
+                            // signals the whole foreground group, and the
+                            // harness, not the terminal, decides when and in
+                            // which order its components stop.
+                            if libc::setpgid(0, 0) != 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
                             Ok(())
                         });
                     }
