@@ -1,6 +1,7 @@
 //! A real node: containerd, runc, CNI and a kubelet under the harness's
-//! control plane run a pod from an image built here, and the teardown leaves
-//! nothing behind. Root only (CI runs as root); fails, not skips, otherwise.
+//! control plane run a pod from an image built here, the pod reaches the
+//! apiserver over the pod network, and the teardown leaves nothing behind.
+//! Root only (CI runs as root); fails, not skips, otherwise.
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,13 @@ async fn runs_a_pod_from_a_local_image_and_leaves_nothing_behind() {
         "{report}"
     );
 
-    let client = cluster.control_plane().client();
+    let control = cluster.control_plane();
+    let apiserver = control
+        .server()
+        .strip_prefix("https://")
+        .expect("the apiserver serves https")
+        .to_string();
+    let client = control.client();
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "hello"},
@@ -38,6 +45,9 @@ async fn runs_a_pod_from_a_local_image_and_leaves_nothing_behind() {
                 "name": "hello",
                 "image": "vispyr.local/hello:dev",
                 "imagePullPolicy": "Never",
+                // Over the pod network to the node: what every in-cluster
+                // client of the apiserver needs.
+                "args": [apiserver],
             }],
         },
     }))
@@ -70,7 +80,10 @@ async fn runs_a_pod_from_a_local_image_and_leaves_nothing_behind() {
         .logs("hello", &LogParams::default())
         .await
         .expect("pod log");
-    assert_eq!(log.trim(), "vispyr-hello host=hello uid=65532");
+    assert_eq!(
+        log.trim(),
+        format!("vispyr-hello host=hello uid=65532 reached={apiserver}")
+    );
 
     let stopping = Instant::now();
     cluster
