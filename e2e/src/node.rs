@@ -30,6 +30,8 @@ use crate::{Error, TestCluster, eventually, tool};
 /// The node's name in the API.
 pub const NODE_NAME: &str = "vispyr-node";
 const BRIDGE: &str = "vispyr0";
+/// State dirs are `<temp dir>/vispyr-node-XXXXXX`.
+const STATE_PREFIX: &str = "vispyr-node-";
 /// The bridge's address: gateway of the pods, the node's InternalIP and the
 /// apiserver's address.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 217, 0, 1);
@@ -81,7 +83,7 @@ impl NodeCluster {
     pub async fn start() -> Result<Self, Error> {
         preflight()?;
         let dir = tempfile::Builder::new()
-            .prefix("vispyr-node-")
+            .prefix(STATE_PREFIX)
             .tempdir()
             .map_err(|e| Error::io(Path::new("/tmp"), e))?;
         let state = dir.path().to_path_buf();
@@ -444,40 +446,86 @@ fn start_kubelet(state: &Path, socket: &Path, server: &str, pki: &Pki) -> Result
 
 /// What the cluster changes on the host, and what it was before.
 struct NodeHost {
+    /// Tells other clusters' [`sweep_stale`] that this one is alive.
+    _lock: std::fs::File,
     state: PathBuf,
     socket: PathBuf,
     /// Started in this order, stopped in the reverse one.
     components: Vec<Process>,
-    ip_forward: String,
+    before: HostBefore,
     links: BTreeSet<String>,
     iptables: BTreeSet<String>,
-    /// The entries of HOST_SCRATCH that did not exist before.
-    scratch_created: Vec<&'static str>,
     swept: bool,
+}
+
+/// Host settings the cluster changes, as they were before it started; also
+/// saved in the state dir, so that [`sweep_stale`] can restore them after a
+/// cluster that was killed.
+struct HostBefore {
+    ip_forward: String,
+    /// The entries of HOST_SCRATCH that did not exist.
+    scratch_created: Vec<PathBuf>,
+}
+
+impl HostBefore {
+    const FILE: &str = "host-before";
+
+    fn save(&self, state: &Path) -> Result<(), Error> {
+        let mut text = format!("ip_forward {}\n", self.ip_forward);
+        for p in &self.scratch_created {
+            text.push_str(&format!("created {}\n", p.display()));
+        }
+        write(state, Self::FILE, &text).map(drop)
+    }
+
+    fn load(state: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(state.join(Self::FILE)).ok()?;
+        let mut before = Self {
+            ip_forward: String::new(),
+            scratch_created: Vec::new(),
+        };
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some(("ip_forward", v)) => before.ip_forward = v.to_string(),
+                // Only the known scratch paths, whatever the file says.
+                Some(("created", p)) if HOST_SCRATCH.contains(&p) => {
+                    before.scratch_created.push(PathBuf::from(p))
+                }
+                _ => {}
+            }
+        }
+        (!before.ip_forward.is_empty()).then_some(before)
+    }
+
+    fn restore(&self) {
+        let _ = std::fs::write(IP_FORWARD, &self.ip_forward);
+        for path in &self.scratch_created {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 impl NodeHost {
     fn snapshot(state: &Path) -> Result<Self, Error> {
-        if links()?.contains(BRIDGE) {
-            return Err(Error::backend(
-                "creating the pod network",
-                format!(
-                    "interface {BRIDGE} exists: another node cluster is running, or one was killed \
-                     before its teardown (remove it with `ip link del {BRIDGE}`)"
-                ),
-            ));
-        }
-        Ok(Self {
-            state: state.to_path_buf(),
-            socket: state.join("containerd/containerd.sock"),
-            components: Vec::new(),
+        let lock = lock_state(state)?;
+        sweep_stale(state)?;
+        let before = HostBefore {
             ip_forward: read_trimmed(Path::new(IP_FORWARD))?,
-            links: links()?,
-            iptables: iptables_rules()?,
             scratch_created: HOST_SCRATCH
                 .into_iter()
                 .filter(|p| !Path::new(p).exists())
+                .map(PathBuf::from)
                 .collect(),
+        };
+        before.save(state)?;
+        Ok(Self {
+            _lock: lock,
+            state: state.to_path_buf(),
+            socket: state.join("containerd/containerd.sock"),
+            components: Vec::new(),
+            before,
+            links: links()?,
+            iptables: iptables_rules()?,
             swept: false,
         })
     }
@@ -512,34 +560,8 @@ impl NodeHost {
         for p in self.components.iter_mut().rev() {
             p.kill();
         }
-        // Shims (found by the socket they were given) and the containers'
-        // processes (found by cgroup), until none is left.
-        let deadline = Instant::now() + STOP_GRACE;
-        loop {
-            let pids = self.our_processes();
-            if pids.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill(2) on pids this cluster started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for mount in self.our_mounts() {
-            if let Ok(path) = CString::new(mount.as_os_str().as_bytes()) {
-                // SAFETY: a NUL-terminated path; MNT_DETACH never blocks.
-                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-        for dir in self.our_cgroups() {
-            let _ = std::fs::remove_dir(dir);
-        }
-        let _ = run("ip", &["link", "del", BRIDGE]);
-        let _ = std::fs::write(IP_FORWARD, &self.ip_forward);
-        for path in &self.scratch_created {
-            let _ = std::fs::remove_dir_all(path);
-        }
+        remove_traces(&self.state);
+        self.before.restore();
         self.keep_logs();
         self.swept = true;
     }
@@ -566,7 +588,7 @@ impl NodeHost {
     /// Every trace of the cluster still on the host, described for a human.
     fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
-        for pid in self.our_processes() {
+        for pid in processes_of(&self.state) {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             found.push(format!(
                 "process {pid}: {}",
@@ -574,12 +596,12 @@ impl NodeHost {
             ));
         }
         found.extend(
-            self.our_mounts()
+            mounts_under(&self.state)
                 .iter()
                 .map(|m| format!("mount {}", m.display())),
         );
         found.extend(
-            self.our_cgroups()
+            cluster_cgroups()
                 .iter()
                 .map(|c| format!("cgroup {}", c.display())),
         );
@@ -605,78 +627,179 @@ impl NodeHost {
             Err(e) => found.push(format!("listing iptables rules: {e}")),
         }
         match read_trimmed(Path::new(IP_FORWARD)) {
-            Ok(v) if v == self.ip_forward => {}
-            Ok(v) => found.push(format!("{IP_FORWARD} is {v}, was {}", self.ip_forward)),
+            Ok(v) if v == self.before.ip_forward => {}
+            Ok(v) => found.push(format!(
+                "{IP_FORWARD} is {v}, was {}",
+                self.before.ip_forward
+            )),
             Err(e) => found.push(e.to_string()),
         }
         found.extend(
-            self.scratch_created
+            self.before
+                .scratch_created
                 .iter()
-                .filter(|p| Path::new(p).exists())
-                .map(|p| format!("directory {p}")),
+                .filter(|p| p.exists())
+                .map(|p| format!("directory {}", p.display())),
         );
         found
     }
+}
 
-    /// Processes started by the cluster: anything whose command line names
-    /// the state dir (containerd shims get its socket), or that lives in the
-    /// cluster's cgroup (the containers).
-    fn our_processes(&self) -> Vec<libc::pid_t> {
-        let state = self.state.as_os_str().as_bytes();
-        let own = std::process::id() as libc::pid_t;
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
-            .filter(|&pid| pid != own)
-            .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cgroups =
-                    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-                cmdline.windows(state.len()).any(|w| w == state)
-                    || cgroups
-                        .lines()
-                        .any(|l| in_cgroup_root(l.rsplit(':').next().unwrap_or("")))
-            })
-            .collect()
+/// Kills what the cluster in `state` started and unmounts what it mounted,
+/// then removes the cgroups and the bridge all clusters share (there is only
+/// ever one live cluster). Best effort: the leftover check reports the rest.
+fn remove_traces(state: &Path) {
+    // Shims (found by the socket they were given) and the containers'
+    // processes (found by cgroup), until none is left.
+    let deadline = Instant::now() + STOP_GRACE;
+    loop {
+        let pids = processes_of(state);
+        if pids.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) on pids this cluster started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-
-    /// Mount points under the state dir, the deepest and newest first.
-    fn our_mounts(&self) -> Vec<PathBuf> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<PathBuf> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(unescape_mount_path)
-            .filter(|p| p.starts_with(&self.state))
-            .collect();
-        mounts.reverse();
-        mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        mounts
+    for mount in mounts_under(state) {
+        if let Ok(path) = CString::new(mount.as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path; MNT_DETACH never blocks.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
     }
+    for dir in cluster_cgroups() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    if links().is_ok_and(|l| l.contains(BRIDGE)) {
+        let _ = run("ip", &["link", "del", BRIDGE]);
+    }
+}
 
-    /// The cluster's cgroup directories in every hierarchy, children first.
-    fn our_cgroups(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        walk(&e.path(), out);
-                    }
+/// A cluster whose process was killed (SIGKILL, a CI timeout) never ran its
+/// teardown: remove what it left, so that the next one can start. Live
+/// clusters hold a lock on their state dir, which dies with their process;
+/// one that is still locked belongs to a running cluster, and is an error.
+fn sweep_stale(own: &Path) -> Result<(), Error> {
+    let tmp = std::env::temp_dir();
+    let entries = std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let stale: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(STATE_PREFIX))
+        .map(|e| e.path())
+        .filter(|p| p != own)
+        .collect();
+    for dir in &stale {
+        if lock_state(dir).is_err() {
+            return Err(Error::backend(
+                "starting a node cluster",
+                format!(
+                    "another node cluster is running (state in {})",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    for dir in &stale {
+        remove_traces(dir);
+        if let Some(before) = HostBefore::load(dir) {
+            before.restore();
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    // A bridge or cgroups whose state dir is gone (the temp dir was cleaned).
+    remove_traces(own);
+    Ok(())
+}
+
+/// An exclusive lock on `state`, held as long as the returned file is open.
+fn lock_state(state: &Path) -> Result<std::fs::File, Error> {
+    let dir = std::fs::File::open(state).map_err(|e| Error::io(state, e))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        return Err(Error::io(state, std::io::Error::last_os_error()));
+    }
+    Ok(dir)
+}
+
+/// Processes started by the cluster in `state`: anything whose command line
+/// names the state dir (containerd shims get its socket), or that lives in
+/// the clusters' cgroup (the containers).
+fn processes_of(state: &Path) -> Vec<libc::pid_t> {
+    let state = state.as_os_str().as_bytes();
+    let own = std::process::id() as libc::pid_t;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&pid| pid != own && !is_zombie(pid))
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cgroups =
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            cmdline.windows(state.len()).any(|w| w == state)
+                || cgroups
+                    .lines()
+                    .any(|l| in_cgroup_root(l.rsplit(':').next().unwrap_or("")))
+        })
+        .collect()
+}
+
+/// A zombie is dead already (its parent, maybe init, has yet to reap it):
+/// nothing to kill, and not a leftover.
+fn is_zombie(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which may contain spaces.
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        })
+        .is_some_and(|state| state == 'Z')
+}
+
+/// Mount points under the state dir, the deepest and newest first.
+fn mounts_under(state: &Path) -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(state))
+        .collect();
+    mounts.reverse();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    mounts
+}
+
+/// The clusters' cgroup directories in every hierarchy, children first.
+fn cluster_cgroups() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
                 }
             }
-            out.push(dir.to_path_buf());
         }
-        let mut out = Vec::new();
-        for hierarchy in cgroup_hierarchies() {
-            let root = hierarchy.join(CGROUP_ROOT);
-            if root.is_dir() {
-                walk(&root, &mut out);
-            }
-        }
-        out
+        out.push(dir.to_path_buf());
     }
+    let mut out = Vec::new();
+    for hierarchy in cgroup_hierarchies() {
+        let root = hierarchy.join(CGROUP_ROOT);
+        if root.is_dir() {
+            walk(&root, &mut out);
+        }
+    }
+    out
 }
 
 impl Drop for NodeHost {
@@ -796,6 +919,30 @@ mod tests {
         );
         assert_eq!(unescape_mount_path(r"/x\\"), PathBuf::from(r"/x\\"));
         assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
+    }
+
+    #[test]
+    fn host_settings_survive_in_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = HostBefore {
+            ip_forward: "0".into(),
+            scratch_created: vec![
+                PathBuf::from("/run/containerd"),
+                PathBuf::from("/var/lib/cni"),
+            ],
+        };
+        before.save(dir.path()).unwrap();
+        let loaded = HostBefore::load(dir.path()).expect("saved settings load");
+        assert_eq!(loaded.ip_forward, "0");
+        assert_eq!(loaded.scratch_created, before.scratch_created);
+        // A path that is not one of the known scratch dirs is never removed.
+        write(dir.path(), HostBefore::FILE, "ip_forward 1\ncreated /etc\n").unwrap();
+        assert!(
+            HostBefore::load(dir.path())
+                .unwrap()
+                .scratch_created
+                .is_empty()
+        );
     }
 
     #[test]
