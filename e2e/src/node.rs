@@ -418,15 +418,18 @@ fn start_kubelet(state: &Path, socket: &Path, server: &str, pki: &Pki) -> Result
         "makeIPTablesUtilChains": false,
         "failSwapOn": false,
         "resolvConf": "/etc/resolv.conf",
-        // A test machine's disk may be fuller than a node's usual limits: do
-        // not evict or garbage-collect images that a test imported.
+        // A node that shares its machine (CI, a laptop) must not evict or
+        // refuse pods because the machine's disk or memory is low: "0%"
+        // turns each eviction signal off (a DiskPressure taint would stop all
+        // scheduling). Nor does it garbage-collect images a test imported.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "evictionHard": {
-            "memory.available": "1%",
-            "nodefs.available": "1%",
-            "imagefs.available": "1%",
-            "nodefs.inodesFree": "1%",
+            "memory.available": "0%",
+            "nodefs.available": "0%",
+            "nodefs.inodesFree": "0%",
+            "imagefs.available": "0%",
+            "imagefs.inodesFree": "0%",
         },
         "nodeStatusUpdateFrequency": "2s",
         "syncFrequency": "10s",
