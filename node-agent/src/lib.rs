@@ -1,3 +1,4 @@
 //! vispyr-node-agent: the eBPF CPU profiler and host metrics of one node.
 
+pub mod hostmetrics;
 pub mod stack;
