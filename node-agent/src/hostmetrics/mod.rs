@@ -1,4 +1,4 @@
-//! Host metrics read from the node's /proc, with node_exporter's metric
+//! Host metrics read from the node's /proc and /sys, with node_exporter's metric
 //! names, label sets, types and units, so community dashboards built for
 //! node_exporter work unchanged.
 //!
@@ -12,6 +12,7 @@ mod filefd;
 mod filesystem;
 mod load;
 mod memory;
+mod netclass;
 mod network;
 mod otlp;
 mod pressure;
@@ -32,12 +33,15 @@ pub use prometheus::register;
 
 /// Where the host's filesystems are and which devices to leave out. The
 /// defaults read the current machine; a DaemonSet mounts the host's at e.g.
-/// `/host/proc` and `/host/root`. Filters are node_exporter's defaults.
+/// `/host/proc`, `/host/sys` and `/host/root`. Filters are node_exporter's
+/// defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The host's procfs (node_exporter's `--path.procfs`).
     pub proc_path: PathBuf,
+    /// The host's sysfs (node_exporter's `--path.sysfs`).
+    pub sys_path: PathBuf,
     /// The host's root filesystem (node_exporter's `--path.rootfs`):
     /// mount points are statted below it and reported without it.
     pub rootfs_path: PathBuf,
@@ -55,6 +59,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             proc_path: PathBuf::from("/proc"),
+            sys_path: PathBuf::from("/sys"),
             rootfs_path: PathBuf::from("/"),
             mount_points_exclude: filesystem::DEFAULT_MOUNT_POINTS_EXCLUDE.to_owned(),
             fs_types_exclude: filesystem::DEFAULT_FS_TYPES_EXCLUDE.to_owned(),
@@ -166,6 +171,7 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct HostMetrics {
     proc_path: PathBuf,
+    sys_path: PathBuf,
     rootfs_path: PathBuf,
     mount_points_exclude: Filter,
     fs_types_exclude: Filter,
@@ -201,6 +207,7 @@ impl HostMetrics {
     pub fn new(config: &Config) -> Result<Self, ConfigError> {
         Ok(HostMetrics {
             proc_path: config.proc_path.clone(),
+            sys_path: config.sys_path.clone(),
             rootfs_path: config.rootfs_path.clone(),
             mount_points_exclude: Filter::new(
                 "mount_points_exclude",
@@ -222,13 +229,14 @@ impl HostMetrics {
     /// node_exporter leaves out a failing collector; a source the kernel does
     /// not have (pressure before 4.20) is left out silently.
     pub fn collect(&self) -> Snapshot {
-        const READERS: [(&str, Reader); 10] = [
+        const READERS: [(&str, Reader); 11] = [
             ("stat", stat::read),
             ("meminfo", memory::read),
             ("loadavg", load::read),
             ("filesystem", filesystem::read),
             ("diskstats", disk::read),
             ("netdev", network::read),
+            ("netclass", netclass::read),
             ("pressure", pressure::read),
             ("vmstat", vmstat::read),
             ("filefd", filefd::read),
@@ -316,6 +324,7 @@ pub(crate) mod tests {
     pub(crate) fn fixture_metrics() -> HostMetrics {
         HostMetrics::new(&Config {
             proc_path: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc"),
+            sys_path: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sys"),
             ..Config::default()
         })
         .unwrap()
@@ -363,6 +372,7 @@ pub(crate) mod tests {
             "node_filesystem_size_bytes",
             "node_disk_read_bytes_total",
             "node_network_receive_bytes_total",
+            "node_network_up",
             "node_pressure_cpu_waiting_seconds_total",
             "node_vmstat_pgfault",
             "node_filefd_allocated",
@@ -381,6 +391,7 @@ pub(crate) mod tests {
     fn a_missing_proc_is_logged_not_fatal_and_bad_filters_are_named() {
         let metrics = HostMetrics::new(&Config {
             proc_path: PathBuf::from("/nonexistent"),
+            sys_path: PathBuf::from("/nonexistent"),
             ..Config::default()
         })
         .unwrap();
