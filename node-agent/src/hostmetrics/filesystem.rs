@@ -7,6 +7,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::Duration;
 
 use super::{Error, Family, HostMetrics, Kind, Malformed, read_host_view};
 
@@ -15,6 +17,25 @@ pub(super) const DEFAULT_MOUNT_POINTS_EXCLUDE: &str =
     "^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)";
 /// node_exporter's `--collector.filesystem.fs-types-exclude` default.
 pub(super) const DEFAULT_FS_TYPES_EXCLUDE: &str = "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs)$";
+
+/// How long statfs may take before the mount counts as stuck (a hung NFS
+/// server, say), node_exporter's `--collector.filesystem.mount-timeout`.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(5);
+/// node_exporter's `device_error` for a stuck mount.
+const TIMEOUT_ERROR: &str = "mountpoint timeout";
+
+/// Mount points whose statfs has not returned yet. They are reported as
+/// failed, without another statfs piling up behind the first, until it
+/// returns; a scrape never waits on them longer than [`MOUNT_TIMEOUT`].
+#[derive(Debug, Default, Clone)]
+pub(super) struct StuckMounts(Arc<Mutex<HashSet<String>>>);
+
+impl StuckMounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // The set stays consistent whatever panicked while holding it.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// One line of mountinfo.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,6 +49,7 @@ struct Mount {
 }
 
 /// What statfs says, in node_exporter's units.
+#[derive(Debug)]
 struct Usage {
     size: f64,
     free: f64,
@@ -40,14 +62,67 @@ pub(super) fn read(metrics: &HostMetrics) -> Result<Vec<Family>, Error> {
     let mounts = read_host_view(metrics, "mountinfo", parse)?;
     let rootfs = metrics.rootfs_path.as_path();
     Ok(families(mounts, metrics, |mount_point| {
-        statfs(&rootfs.join(mount_point.trim_start_matches('/')))
+        let path = rootfs.join(mount_point.trim_start_matches('/'));
+        bounded(
+            &metrics.stuck_mounts,
+            mount_point,
+            MOUNT_TIMEOUT,
+            move || statfs(&path),
+        )
     }))
+}
+
+/// Runs `statfs` on a thread of its own and waits `timeout` at most; the
+/// error is the text node_exporter puts in `device_error`.
+fn bounded(
+    stuck: &StuckMounts,
+    mount_point: &str,
+    timeout: Duration,
+    statfs: impl FnOnce() -> io::Result<Usage> + Send + 'static,
+) -> Result<Usage, String> {
+    if stuck.lock().contains(mount_point) {
+        return Err(TIMEOUT_ERROR.to_owned());
+    }
+    let (done, result) = mpsc::channel();
+    let (unstick, name) = (stuck.clone(), mount_point.to_owned());
+    let spawned = std::thread::Builder::new()
+        .name("statfs".to_owned())
+        .spawn(move || {
+            let usage = statfs();
+            // Under the lock, so that a timeout either sees the result or
+            // has marked the mount before this unmarks it.
+            let mut stuck = unstick.lock();
+            stuck.remove(&name);
+            let _ = done.send(usage);
+        });
+    if let Err(err) = spawned {
+        return Err(errno_text(&err));
+    }
+    let usage = match result.recv_timeout(timeout) {
+        Ok(usage) => usage,
+        Err(_) => {
+            let mut marked = stuck.lock();
+            match result.try_recv() {
+                Ok(usage) => usage,
+                Err(_) => {
+                    marked.insert(mount_point.to_owned());
+                    tracing::warn!(
+                        mount_point,
+                        ?timeout,
+                        "statfs hangs; reporting the mount as failed until it returns"
+                    );
+                    return Err(TIMEOUT_ERROR.to_owned());
+                }
+            }
+        }
+    };
+    usage.map_err(|err| errno_text(&err))
 }
 
 fn families(
     mounts: Vec<Mount>,
     metrics: &HostMetrics,
-    statfs: impl Fn(&str) -> io::Result<Usage>,
+    statfs: impl Fn(&str) -> Result<Usage, String>,
 ) -> Vec<Family> {
     let family = |name, help| Family::new(Kind::Gauge, name, help);
     let mut device_error = family(
@@ -84,7 +159,7 @@ fn families(
             continue;
         }
         let usage = statfs(&mount.mount_point);
-        let error = usage.as_ref().err().map(errno_text).unwrap_or_default();
+        let error = usage.as_ref().err().cloned().unwrap_or_default();
         // A filesystem mounted twice at one place is reported once.
         if !seen.insert((
             mount.device.clone(),
@@ -241,7 +316,7 @@ mod tests {
                 .unwrap();
         assert_eq!(mounts.len(), 23);
         let fake_usage = |mount_point: &str| match mount_point {
-            "/mnt/bind" => Err(io::Error::from_raw_os_error(libc::EACCES)),
+            "/mnt/bind" => Err("permission denied".to_owned()),
             _ => Ok(Usage {
                 size: 100.0,
                 free: 50.0,
@@ -322,6 +397,53 @@ mod tests {
         assert_eq!(
             value(&families, "node_filesystem_device_error", &missing),
             1.0
+        );
+    }
+
+    #[test]
+    fn a_hung_statfs_is_reported_stuck_until_it_returns() {
+        let stuck = StuckMounts::default();
+        let (release, hung) = mpsc::channel::<()>();
+        let usage = || {
+            Ok(Usage {
+                size: 1.0,
+                free: 1.0,
+                avail: 1.0,
+                files: 1.0,
+                files_free: 1.0,
+            })
+        };
+        let hang = move || {
+            let _ = hung.recv();
+            usage()
+        };
+        let short = Duration::from_millis(50);
+        assert_eq!(
+            bounded(&stuck, "/nfs", short, hang).unwrap_err(),
+            TIMEOUT_ERROR
+        );
+        // Still hung: no second statfs is started for it.
+        let second = || -> io::Result<Usage> { panic!("statfs started on a stuck mount") };
+        assert_eq!(
+            bounded(&stuck, "/nfs", short, second).unwrap_err(),
+            TIMEOUT_ERROR
+        );
+        assert!(bounded(&stuck, "/other", short, usage).is_ok());
+
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while stuck.lock().contains("/nfs") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the returned statfs never unmarked its mount"
+            );
+            std::thread::yield_now();
+        }
+        assert!(bounded(&stuck, "/nfs", short, usage).is_ok());
+        let denied = || Err(io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(
+            bounded(&stuck, "/nfs", short, denied).unwrap_err(),
+            "permission denied"
         );
     }
 

@@ -177,6 +177,7 @@ pub struct HostMetrics {
     fs_types_exclude: Filter,
     disk_devices_exclude: Filter,
     network_devices_exclude: Filter,
+    stuck_mounts: filesystem::StuckMounts,
 }
 
 /// An exclusion regular expression; empty excludes nothing.
@@ -222,6 +223,7 @@ impl HostMetrics {
                 "network_devices_exclude",
                 &config.network_devices_exclude,
             )?,
+            stuck_mounts: filesystem::StuckMounts::default(),
         })
     }
 
