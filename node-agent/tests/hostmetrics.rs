@@ -56,6 +56,8 @@ const REQUIRED: &[&str] = &[
     "node_procs_running",
     "node_procs_blocked",
     "node_uname_info",
+    "node_time_seconds",
+    "node_entropy_available_bits",
 ];
 
 const MIB: f64 = 1024.0 * 1024.0;

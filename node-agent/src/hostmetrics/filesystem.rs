@@ -148,6 +148,11 @@ fn families(
         "node_filesystem_mount_info",
         "Filesystem mount information.",
     );
+    // Always 0 on Linux, but node_exporter exports it there too.
+    let mut purgeable = family(
+        "node_filesystem_purgeable_bytes",
+        "Filesystem space available including purgeable space (MacOS specific).",
+    );
 
     let rootfs = metrics.rootfs_path.to_string_lossy();
     let mut seen = HashSet::new();
@@ -182,7 +187,8 @@ fn families(
         free.push(labels.clone(), usage.free);
         avail.push(labels.clone(), usage.avail);
         files.push(labels.clone(), usage.files);
-        files_free.push(labels, usage.files_free);
+        files_free.push(labels.clone(), usage.files_free);
+        purgeable.push(labels, 0.0);
         mount_info.push(
             vec![
                 ("device", mount.device),
@@ -202,6 +208,7 @@ fn families(
         files,
         files_free,
         mount_info,
+        purgeable,
     ]
 }
 

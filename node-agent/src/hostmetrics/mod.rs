@@ -10,6 +10,7 @@
 mod disk;
 mod filefd;
 mod filesystem;
+mod kernel;
 mod load;
 mod memory;
 mod netclass;
@@ -18,6 +19,7 @@ mod otlp;
 mod pressure;
 mod prometheus;
 mod stat;
+mod time;
 mod uname;
 mod vmstat;
 
@@ -231,7 +233,7 @@ impl HostMetrics {
     /// node_exporter leaves out a failing collector; a source the kernel does
     /// not have (pressure before 4.20) is left out silently.
     pub fn collect(&self) -> Snapshot {
-        const READERS: [(&str, Reader); 11] = [
+        const READERS: [(&str, Reader); 13] = [
             ("stat", stat::read),
             ("meminfo", memory::read),
             ("loadavg", load::read),
@@ -242,6 +244,8 @@ impl HostMetrics {
             ("pressure", pressure::read),
             ("vmstat", vmstat::read),
             ("filefd", filefd::read),
+            ("kernel", kernel::read),
+            ("time", time::read),
             ("uname", uname::read),
         ];
         let at = SystemTime::now();
@@ -379,6 +383,8 @@ pub(crate) mod tests {
             "node_vmstat_pgfault",
             "node_filefd_allocated",
             "node_uname_info",
+            "node_entropy_available_bits",
+            "node_time_seconds",
         ] {
             assert!(snapshot.family(name).is_some(), "no {name}");
         }
