@@ -58,6 +58,8 @@ const REQUIRED: &[&str] = &[
     "node_uname_info",
     "node_time_seconds",
     "node_entropy_available_bits",
+    "node_netstat_Tcp_InSegs",
+    "node_sockstat_TCP_inuse",
 ];
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -154,27 +156,22 @@ fn parse_labels<'a>(mut s: &'a str, labels: &mut Labels) -> Result<&'a str, Stri
     }
 }
 
-/// How far a gauge may move between two scrapes a few milliseconds apart on
-/// a busy 2-core machine, beyond the range our two reads span.
-fn gauge_slack(name: &str, value: f64) -> f64 {
+/// How far node_exporter's value may lie outside the range our reads just
+/// before and after it span. Counters must be bracketed, but /proc/stat's
+/// idle and iowait can step back slightly (nohz idle accounting). Gauges may
+/// move either way between reads a few milliseconds apart on a busy 2-core
+/// machine; so may the untyped Tcp_CurrEstab.
+fn slack(name: &str, kind: &str, value: f64) -> f64 {
+    let gauge = kind == "gauge" || name == "node_netstat_Tcp_CurrEstab";
     let absolute = match name {
         "node_procs_running" | "node_procs_blocked" | "node_disk_io_now" => 16.0,
         n if n.starts_with("node_memory_") => 64.0 * MIB,
+        n if n.starts_with("node_sockstat_") || n == "node_netstat_Tcp_CurrEstab" => 64.0,
+        n if n.starts_with("node_cpu_") => 0.5,
         _ => 0.0,
     };
-    absolute.max(0.05 * value.abs())
-}
-
-/// Counters read before and after node_exporter's read must bracket its
-/// value. /proc/stat's idle and iowait can step back slightly (nohz idle
-/// accounting), hence a small slack for CPU seconds.
-fn counter_slack(name: &str, value: f64) -> f64 {
-    let absolute: f64 = if name.starts_with("node_cpu_") {
-        0.5
-    } else {
-        0.0
-    };
-    absolute.max(1e-9 * value.abs())
+    let relative = if gauge { 0.05 } else { 1e-9 };
+    absolute.max(relative * value.abs())
 }
 
 /// Series projected on the given label names.
@@ -250,10 +247,7 @@ fn disagreements(before: &Exposition, theirs: &Exposition, after: &Exposition) -
             let first = b[labels];
             let second = a.get(labels).copied().unwrap_or(first);
             let (low, high) = (first.min(second), first.max(second));
-            let slack = match theirs.type_of(name) {
-                "gauge" => gauge_slack(name, high),
-                _ => counter_slack(name, high),
-            };
+            let slack = slack(name, theirs.type_of(name), high);
             if !(low - slack..=high + slack).contains(theirs_value) {
                 problems.push(format!(
                     "{name}{labels:?}: node_exporter {theirs_value}, ours {first} then {second}"

@@ -123,9 +123,7 @@ const COLUMNS: [(&str, Kind, &str, f64); 17] = [
 
 pub(super) fn read(metrics: &HostMetrics) -> Result<Vec<Family>, Error> {
     read_parsed(&metrics.proc("diskstats"), |text| {
-        parse(text, &|device| {
-            metrics.disk_devices_exclude.excludes(device)
-        })
+        parse(text, &|device| metrics.disk_devices_exclude.matches(device))
     })
 }
 

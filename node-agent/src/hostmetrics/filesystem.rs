@@ -158,8 +158,8 @@ fn families(
     let mut seen = HashSet::new();
     for mut mount in mounts {
         mount.mount_point = strip_rootfs(&rootfs, mount.mount_point);
-        if metrics.mount_points_exclude.excludes(&mount.mount_point)
-            || metrics.fs_types_exclude.excludes(&mount.fs_type)
+        if metrics.mount_points_exclude.matches(&mount.mount_point)
+            || metrics.fs_types_exclude.matches(&mount.fs_type)
         {
             continue;
         }

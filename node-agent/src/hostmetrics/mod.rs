@@ -14,10 +14,12 @@ mod kernel;
 mod load;
 mod memory;
 mod netclass;
+mod netstat;
 mod network;
 mod otlp;
 mod pressure;
 mod prometheus;
+mod sockstat;
 mod stat;
 mod time;
 mod uname;
@@ -55,6 +57,9 @@ pub struct Config {
     pub disk_devices_exclude: String,
     /// Network devices left out of `node_network_*`; empty keeps all.
     pub network_devices_exclude: String,
+    /// `<Protocol>_<field>`s of /proc/net/{netstat,snmp,snmp6} exported as
+    /// `node_netstat_*`.
+    pub netstat_fields: String,
 }
 
 impl Default for Config {
@@ -67,6 +72,7 @@ impl Default for Config {
             fs_types_exclude: filesystem::DEFAULT_FS_TYPES_EXCLUDE.to_owned(),
             disk_devices_exclude: disk::DEFAULT_DEVICES_EXCLUDE.to_owned(),
             network_devices_exclude: String::new(),
+            netstat_fields: netstat::DEFAULT_FIELDS.to_owned(),
         }
     }
 }
@@ -175,31 +181,32 @@ pub struct HostMetrics {
     proc_path: PathBuf,
     sys_path: PathBuf,
     rootfs_path: PathBuf,
-    mount_points_exclude: Filter,
-    fs_types_exclude: Filter,
-    disk_devices_exclude: Filter,
-    network_devices_exclude: Filter,
+    mount_points_exclude: Pattern,
+    fs_types_exclude: Pattern,
+    disk_devices_exclude: Pattern,
+    network_devices_exclude: Pattern,
+    netstat_fields: Pattern,
     stuck_mounts: filesystem::StuckMounts,
 }
 
-/// An exclusion regular expression; empty excludes nothing.
+/// A configured regular expression; empty matches nothing.
 #[derive(Debug)]
-pub(crate) struct Filter(Option<Regex>);
+pub(crate) struct Pattern(Option<Regex>);
 
-impl Filter {
+impl Pattern {
     fn new(key: &'static str, pattern: &str) -> Result<Self, ConfigError> {
         if pattern.is_empty() {
-            return Ok(Filter(None));
+            return Ok(Pattern(None));
         }
         Regex::new(pattern)
-            .map(|r| Filter(Some(r)))
+            .map(|r| Pattern(Some(r)))
             .map_err(|source| ConfigError::Regex {
                 key,
                 source: Box::new(source),
             })
     }
 
-    pub(crate) fn excludes(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         self.0.as_ref().is_some_and(|r| r.is_match(name))
     }
 }
@@ -212,19 +219,20 @@ impl HostMetrics {
             proc_path: config.proc_path.clone(),
             sys_path: config.sys_path.clone(),
             rootfs_path: config.rootfs_path.clone(),
-            mount_points_exclude: Filter::new(
+            mount_points_exclude: Pattern::new(
                 "mount_points_exclude",
                 &config.mount_points_exclude,
             )?,
-            fs_types_exclude: Filter::new("fs_types_exclude", &config.fs_types_exclude)?,
-            disk_devices_exclude: Filter::new(
+            fs_types_exclude: Pattern::new("fs_types_exclude", &config.fs_types_exclude)?,
+            disk_devices_exclude: Pattern::new(
                 "disk_devices_exclude",
                 &config.disk_devices_exclude,
             )?,
-            network_devices_exclude: Filter::new(
+            network_devices_exclude: Pattern::new(
                 "network_devices_exclude",
                 &config.network_devices_exclude,
             )?,
+            netstat_fields: Pattern::new("netstat_fields", &config.netstat_fields)?,
             stuck_mounts: filesystem::StuckMounts::default(),
         })
     }
@@ -233,7 +241,7 @@ impl HostMetrics {
     /// node_exporter leaves out a failing collector; a source the kernel does
     /// not have (pressure before 4.20) is left out silently.
     pub fn collect(&self) -> Snapshot {
-        const READERS: [(&str, Reader); 13] = [
+        const READERS: [(&str, Reader); 15] = [
             ("stat", stat::read),
             ("meminfo", memory::read),
             ("loadavg", load::read),
@@ -241,6 +249,8 @@ impl HostMetrics {
             ("diskstats", disk::read),
             ("netdev", network::read),
             ("netclass", netclass::read),
+            ("netstat", netstat::read),
+            ("sockstat", sockstat::read),
             ("pressure", pressure::read),
             ("vmstat", vmstat::read),
             ("filefd", filefd::read),
@@ -379,6 +389,8 @@ pub(crate) mod tests {
             "node_disk_read_bytes_total",
             "node_network_receive_bytes_total",
             "node_network_up",
+            "node_netstat_Tcp_CurrEstab",
+            "node_sockstat_TCP_inuse",
             "node_pressure_cpu_waiting_seconds_total",
             "node_vmstat_pgfault",
             "node_filefd_allocated",

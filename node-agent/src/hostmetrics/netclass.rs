@@ -55,7 +55,7 @@ pub(super) fn read(metrics: &HostMetrics) -> Result<Vec<Family>, Error> {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !metrics.network_devices_exclude.excludes(&name) {
+        if !metrics.network_devices_exclude.matches(&name) {
             devices.push(name);
         }
     }

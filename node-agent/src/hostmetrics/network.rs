@@ -29,7 +29,7 @@ const COLUMNS: [&str; 16] = [
 pub(super) fn read(metrics: &HostMetrics) -> Result<Vec<Family>, Error> {
     read_host_view(metrics, "net/dev", |text| {
         parse(text, &|device| {
-            metrics.network_devices_exclude.excludes(device)
+            metrics.network_devices_exclude.matches(device)
         })
     })
 }
