@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prometheus_client::registry::Registry;
@@ -295,13 +295,16 @@ async fn agrees_with_node_exporter_on_every_shared_metric() {
     // Devices and mounts may come and go between two scrapes on a shared
     // machine: a disagreement must persist to fail the test.
     let theirs = node_exporter.metrics_url();
-    let (ours, theirs) = eventually(Duration::from_secs(30), || async {
+    let (ours, theirs, took) = eventually(Duration::from_secs(30), || async {
+        let start = Instant::now();
         let before = scrape(&http, &ours).await?;
+        let ours_took = start.elapsed();
         let reference = scrape(&http, &theirs).await?;
+        let theirs_took = start.elapsed() - ours_took;
         let after = scrape(&http, &ours).await?;
         let problems = disagreements(&before, &reference, &after);
         if problems.is_empty() {
-            Ok((before, reference))
+            Ok((before, reference, (ours_took, theirs_took)))
         } else {
             Err(problems.join("\n"))
         }
@@ -323,7 +326,9 @@ async fn agrees_with_node_exporter_on_every_shared_metric() {
         .map(String::as_str)
         .collect();
     eprintln!(
-        "{shared} metric names ({ours_series} series) agree; node_exporter's not produced here: {}",
+        "{shared} metric names ({ours_series} series) agree; one scrape took {:?} here, {:?} in node_exporter; node_exporter's not produced here: {}",
+        took.0,
+        took.1,
         missing.join(" ")
     );
     assert!(shared >= REQUIRED.len());
