@@ -167,6 +167,7 @@ fn slack(name: &str, kind: &str, value: f64) -> f64 {
         "node_procs_running" | "node_procs_blocked" | "node_disk_io_now" => 16.0,
         n if n.starts_with("node_memory_") => 64.0 * MIB,
         n if n.starts_with("node_sockstat_") || n == "node_netstat_Tcp_CurrEstab" => 64.0,
+        "node_nf_conntrack_entries" | "node_arp_entries" => 64.0,
         n if n.starts_with("node_cpu_") => 0.5,
         _ => 0.0,
     };

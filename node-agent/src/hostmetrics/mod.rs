@@ -7,6 +7,8 @@
 //! converted to OTLP ([`to_resource_metrics`]). Each module reads one kernel
 //! file and mirrors the node_exporter collector of the same data.
 
+mod arp;
+mod conntrack;
 mod disk;
 mod filefd;
 mod filesystem;
@@ -241,7 +243,7 @@ impl HostMetrics {
     /// node_exporter leaves out a failing collector; a source the kernel does
     /// not have (pressure before 4.20) is left out silently.
     pub fn collect(&self) -> Snapshot {
-        const READERS: [(&str, Reader); 15] = [
+        const READERS: [(&str, Reader); 17] = [
             ("stat", stat::read),
             ("meminfo", memory::read),
             ("loadavg", load::read),
@@ -251,6 +253,8 @@ impl HostMetrics {
             ("netclass", netclass::read),
             ("netstat", netstat::read),
             ("sockstat", sockstat::read),
+            ("arp", arp::read),
+            ("conntrack", conntrack::read),
             ("pressure", pressure::read),
             ("vmstat", vmstat::read),
             ("filefd", filefd::read),
@@ -391,6 +395,8 @@ pub(crate) mod tests {
             "node_network_up",
             "node_netstat_Tcp_CurrEstab",
             "node_sockstat_TCP_inuse",
+            "node_arp_entries",
+            "node_nf_conntrack_entries",
             "node_pressure_cpu_waiting_seconds_total",
             "node_vmstat_pgfault",
             "node_filefd_allocated",
