@@ -22,6 +22,7 @@ mod otlp;
 mod pressure;
 mod prometheus;
 mod sockstat;
+mod softnet;
 mod stat;
 mod time;
 mod uname;
@@ -243,7 +244,7 @@ impl HostMetrics {
     /// node_exporter leaves out a failing collector; a source the kernel does
     /// not have (pressure before 4.20) is left out silently.
     pub fn collect(&self) -> Snapshot {
-        const READERS: [(&str, Reader); 17] = [
+        const READERS: [(&str, Reader); 18] = [
             ("stat", stat::read),
             ("meminfo", memory::read),
             ("loadavg", load::read),
@@ -253,6 +254,7 @@ impl HostMetrics {
             ("netclass", netclass::read),
             ("netstat", netstat::read),
             ("sockstat", sockstat::read),
+            ("softnet", softnet::read),
             ("arp", arp::read),
             ("conntrack", conntrack::read),
             ("pressure", pressure::read),
@@ -396,6 +398,7 @@ pub(crate) mod tests {
             "node_netstat_Tcp_CurrEstab",
             "node_sockstat_TCP_inuse",
             "node_arp_entries",
+            "node_softnet_processed_total",
             "node_nf_conntrack_entries",
             "node_pressure_cpu_waiting_seconds_total",
             "node_vmstat_pgfault",
