@@ -25,6 +25,7 @@ mod sockstat;
 mod softnet;
 mod stat;
 mod time;
+mod timex;
 mod uname;
 mod vmstat;
 
@@ -244,7 +245,7 @@ impl HostMetrics {
     /// node_exporter leaves out a failing collector; a source the kernel does
     /// not have (pressure before 4.20) is left out silently.
     pub fn collect(&self) -> Snapshot {
-        const READERS: [(&str, Reader); 18] = [
+        const READERS: [(&str, Reader); 19] = [
             ("stat", stat::read),
             ("meminfo", memory::read),
             ("loadavg", load::read),
@@ -262,6 +263,7 @@ impl HostMetrics {
             ("filefd", filefd::read),
             ("kernel", kernel::read),
             ("time", time::read),
+            ("timex", timex::read),
             ("uname", uname::read),
         ];
         let at = SystemTime::now();
@@ -406,6 +408,7 @@ pub(crate) mod tests {
             "node_uname_info",
             "node_entropy_available_bits",
             "node_time_seconds",
+            "node_timex_sync_status",
         ] {
             assert!(snapshot.family(name).is_some(), "no {name}");
         }
@@ -425,8 +428,14 @@ pub(crate) mod tests {
         })
         .unwrap();
         let snapshot = metrics.collect();
-        let names: Vec<&str> = snapshot.families.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["node_uname_info"]);
+        // Only what comes from system calls is left.
+        assert!(
+            snapshot
+                .families
+                .iter()
+                .all(|f| f.name == "node_uname_info" || f.name.starts_with("node_timex_")),
+            "{snapshot:#?}"
+        );
         assert_eq!(snapshot.boot_time, None);
         let err = stat::read(&metrics).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/stat"), "{err}");
