@@ -18,6 +18,7 @@ mod memory;
 mod netclass;
 mod netstat;
 mod network;
+mod os;
 mod otlp;
 mod pressure;
 mod prometheus;
@@ -245,7 +246,7 @@ impl HostMetrics {
     /// node_exporter leaves out a failing collector; a source the kernel does
     /// not have (pressure before 4.20) is left out silently.
     pub fn collect(&self) -> Snapshot {
-        const READERS: [(&str, Reader); 19] = [
+        const READERS: [(&str, Reader); 20] = [
             ("stat", stat::read),
             ("meminfo", memory::read),
             ("loadavg", load::read),
@@ -265,6 +266,7 @@ impl HostMetrics {
             ("time", time::read),
             ("timex", timex::read),
             ("uname", uname::read),
+            ("os", os::read),
         ];
         let at = SystemTime::now();
         let mut families = Vec::new();
@@ -349,6 +351,7 @@ pub(crate) mod tests {
         HostMetrics::new(&Config {
             proc_path: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc"),
             sys_path: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sys"),
+            rootfs_path: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rootfs"),
             ..Config::default()
         })
         .unwrap()
@@ -409,6 +412,7 @@ pub(crate) mod tests {
             "node_entropy_available_bits",
             "node_time_seconds",
             "node_timex_sync_status",
+            "node_os_info",
         ] {
             assert!(snapshot.family(name).is_some(), "no {name}");
         }
@@ -424,6 +428,7 @@ pub(crate) mod tests {
         let metrics = HostMetrics::new(&Config {
             proc_path: PathBuf::from("/nonexistent"),
             sys_path: PathBuf::from("/nonexistent"),
+            rootfs_path: PathBuf::from("/nonexistent"),
             ..Config::default()
         })
         .unwrap();
