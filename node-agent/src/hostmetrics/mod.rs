@@ -5,7 +5,7 @@
 //! One [`HostMetrics::collect`] reads every source into a [`Snapshot`]; the
 //! same snapshot is served on the admin `/metrics` ([`register`]) and
 //! converted to OTLP ([`to_resource_metrics`]). Each module reads one kernel
-//! file and mirrors the node_exporter collector of the same data.
+//! source and mirrors the node_exporter collector of the same data.
 
 mod arp;
 mod conntrack;
@@ -246,7 +246,7 @@ impl HostMetrics {
     /// node_exporter leaves out a failing collector; a source the kernel does
     /// not have (pressure before 4.20) is left out silently.
     pub fn collect(&self) -> Snapshot {
-        const READERS: [(&str, Reader); 20] = [
+        const READERS: [(&str, Reader); 21] = [
             ("stat", stat::read),
             ("meminfo", memory::read),
             ("loadavg", load::read),
@@ -264,6 +264,7 @@ impl HostMetrics {
             ("filefd", filefd::read),
             ("kernel", kernel::read),
             ("time", time::read),
+            ("clocksource", time::clock_sources),
             ("timex", timex::read),
             ("uname", uname::read),
             ("os", os::read),
@@ -435,10 +436,9 @@ pub(crate) mod tests {
         let snapshot = metrics.collect();
         // Only what comes from system calls is left.
         assert!(
-            snapshot
-                .families
-                .iter()
-                .all(|f| f.name == "node_uname_info" || f.name.starts_with("node_timex_")),
+            snapshot.families.iter().all(|f| f.name == "node_uname_info"
+                || f.name.starts_with("node_timex_")
+                || f.name.starts_with("node_time_")),
             "{snapshot:#?}"
         );
         assert_eq!(snapshot.boot_time, None);
