@@ -305,7 +305,7 @@ async fn agrees_with_node_exporter_on_every_shared_metric() {
         let start = Instant::now();
         let before = scrape(&http, &ours).await?;
         let ours_took = start.elapsed();
-        let reference = scrape(&http, &theirs).await?;
+        let reference = scrape(&http, theirs).await?;
         let theirs_took = start.elapsed() - ours_took;
         let after = scrape(&http, &ours).await?;
         let problems = disagreements(&before, &reference, &after);

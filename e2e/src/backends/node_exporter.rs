@@ -1,20 +1,17 @@
 //! node_exporter with its default collectors, the reference the node-agent's
 //! host metrics are compared with.
 
-use std::path::Path;
-
 use tempfile::TempDir;
 
-use super::{command, send, spawn_http_ready, temp_dir};
+use super::{command, spawn_http_ready, temp_dir};
 use crate::Error;
 use crate::process::{Process, free_port};
 
 pub struct NodeExporter {
     // Field order is drop order: the process goes before its dir.
-    process: Process,
+    _process: Process,
     url: String,
-    http: reqwest::Client,
-    dir: TempDir,
+    _dir: TempDir,
 }
 
 impl NodeExporter {
@@ -23,38 +20,19 @@ impl NodeExporter {
     pub async fn start() -> Result<Self, Error> {
         let dir = temp_dir("vispyr-node-exporter-")?;
         let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://127.0.0.1:{port}/metrics");
         let mut cmd = command("node_exporter", dir.path())?;
         cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"));
-        let (process, http) =
-            spawn_http_ready("node_exporter", cmd, dir.path(), &format!("{url}/metrics")).await?;
+        let (process, _) = spawn_http_ready("node_exporter", cmd, dir.path(), &url).await?;
         Ok(Self {
-            process,
+            _process: process,
             url,
-            http,
-            dir,
+            _dir: dir,
         })
     }
 
-    pub fn metrics_url(&self) -> String {
-        format!("{}/metrics", self.url)
-    }
-
-    /// One scrape of `/metrics`, in the Prometheus text format.
-    pub async fn scrape(&self) -> Result<String, Error> {
-        let what = "node_exporter scrape";
-        send(what, self.http.get(self.metrics_url()))
-            .await?
-            .text()
-            .await
-            .map_err(|e| Error::http(what, e))
-    }
-
-    pub fn process(&mut self) -> &mut Process {
-        &mut self.process
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+    /// Where Prometheus would scrape it.
+    pub fn metrics_url(&self) -> &str {
+        &self.url
     }
 }
