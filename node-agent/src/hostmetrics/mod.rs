@@ -192,6 +192,7 @@ pub struct HostMetrics {
     network_devices_exclude: Pattern,
     netstat_fields: Pattern,
     stuck_mounts: filesystem::StuckMounts,
+    cpu_history: stat::CpuHistory,
 }
 
 /// A configured regular expression; empty matches nothing.
@@ -239,6 +240,7 @@ impl HostMetrics {
             )?,
             netstat_fields: Pattern::new("netstat_fields", &config.netstat_fields)?,
             stuck_mounts: filesystem::StuckMounts::default(),
+            cpu_history: stat::CpuHistory::default(),
         })
     }
 

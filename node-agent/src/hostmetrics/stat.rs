@@ -1,6 +1,9 @@
 //! /proc/stat: per-CPU time (node_exporter's `cpu` collector) and the
 //! kernel-wide counters (its `stat` collector).
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
 use super::{Error, Family, HostMetrics, Kind, Malformed, number, read_parsed};
 
 pub(super) const BOOT_TIME: &str = "node_boot_time_seconds";
@@ -15,12 +18,49 @@ const MODES: [&str; 8] = [
 ];
 /// Guest time follows the modes; it is also counted in user and nice.
 const GUEST_MODES: [&str; 2] = ["user", "nice"];
+const IDLE: usize = 3;
+/// Idle time stepping back this far means the CPU was unplugged and
+/// plugged again (node_exporter's jumpBackSeconds).
+const JUMP_BACK_SECONDS: f64 = 3.0;
 
-pub(super) fn read(metrics: &HostMetrics) -> Result<Vec<Family>, Error> {
-    read_parsed(&metrics.proc("stat"), parse)
+/// The columns of one `cpuN` line, modes then guest modes, in seconds.
+type CpuTimes = [f64; MODES.len() + GUEST_MODES.len()];
+
+#[derive(Debug)]
+struct Stat {
+    cpus: BTreeMap<u32, CpuTimes>,
+    kernel: Vec<Family>,
 }
 
-fn parse(text: &str) -> Result<Vec<Family>, Malformed> {
+/// The last CPU times exported. The kernel's idle and iowait times can step
+/// back a little (nohz idle accounting); a counter must not, or rate() sees
+/// a reset. As node_exporter does, a column that steps back keeps its last
+/// value, and a CPU whose idle time jumps far back starts over.
+#[derive(Debug, Default)]
+pub(super) struct CpuHistory(Mutex<BTreeMap<u32, CpuTimes>>);
+
+impl CpuHistory {
+    fn monotonic(&self, read: BTreeMap<u32, CpuTimes>) -> BTreeMap<u32, CpuTimes> {
+        // The map stays consistent whatever panicked while holding it.
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // CPUs gone offline are forgotten.
+        last.retain(|cpu, _| read.contains_key(cpu));
+        for (cpu, times) in read {
+            let kept = last.entry(cpu).or_insert([0.0; 10]);
+            if kept[IDLE] - times[IDLE] >= JUMP_BACK_SECONDS {
+                *kept = [0.0; 10];
+            }
+            for (kept, now) in kept.iter_mut().zip(times) {
+                *kept = kept.max(now);
+            }
+        }
+        last.clone()
+    }
+}
+
+pub(super) fn read(metrics: &HostMetrics) -> Result<Vec<Family>, Error> {
+    let stat = read_parsed(&metrics.proc("stat"), parse)?;
+    let cpus = metrics.cpu_history.monotonic(stat.cpus);
     let mut cpu = Family::new(
         Kind::Counter,
         "node_cpu_seconds_total",
@@ -31,6 +71,22 @@ fn parse(text: &str) -> Result<Vec<Family>, Malformed> {
         "node_cpu_guest_seconds_total",
         "Seconds the CPUs spent in guests (VMs) for each mode.",
     );
+    for (id, times) in cpus {
+        let labels = |mode: &str| vec![("cpu", id.to_string()), ("mode", mode.to_owned())];
+        for (mode, seconds) in MODES.iter().zip(times) {
+            cpu.push(labels(mode), seconds);
+        }
+        for (mode, seconds) in GUEST_MODES.iter().zip(&times[MODES.len()..]) {
+            guest.push(labels(mode), *seconds);
+        }
+    }
+    let mut families = vec![cpu, guest];
+    families.extend(stat.kernel);
+    Ok(families)
+}
+
+fn parse(text: &str) -> Result<Stat, Malformed> {
+    let mut cpus = BTreeMap::new();
     let mut kernel = Vec::new();
     for line in text.lines() {
         let mut fields = line.split_whitespace();
@@ -45,23 +101,11 @@ fn parse(text: &str) -> Result<Vec<Family>, Malformed> {
                 )));
             }
             // Kernels before 2.6.33 lack the later columns: they read as 0.
-            let ticks = |i: usize| -> Result<f64, Malformed> {
-                fields.get(i).map_or(Ok(0.0), |f| {
-                    number::<u64>(f, key).map(|t| t as f64 / USER_HZ)
-                })
-            };
-            for (i, mode) in MODES.iter().enumerate() {
-                cpu.push(
-                    vec![("cpu", id.to_string()), ("mode", (*mode).to_owned())],
-                    ticks(i)?,
-                );
+            let mut times: CpuTimes = [0.0; 10];
+            for (seconds, field) in times.iter_mut().zip(&fields) {
+                *seconds = number::<u64>(field, key)? as f64 / USER_HZ;
             }
-            for (i, mode) in GUEST_MODES.iter().enumerate() {
-                guest.push(
-                    vec![("cpu", id.to_string()), ("mode", (*mode).to_owned())],
-                    ticks(MODES.len() + i)?,
-                );
-            }
+            cpus.insert(id, times);
             continue;
         }
         let (kind, name, help) = match key {
@@ -100,12 +144,10 @@ fn parse(text: &str) -> Result<Vec<Family>, Malformed> {
             number::<u64>(first, key)? as f64,
         ));
     }
-    if cpu.samples.is_empty() {
+    if cpus.is_empty() {
         return Err(Malformed("no cpuN lines".to_owned()));
     }
-    let mut families = vec![cpu, guest];
-    families.extend(kernel);
-    Ok(families)
+    Ok(Stat { cpus, kernel })
 }
 
 #[cfg(test)]
@@ -157,23 +199,29 @@ mod tests {
 
     #[test]
     fn old_kernels_without_steal_and_guest_read_as_zero() {
-        let families = parse("cpu0 100 0 50 1000\n").unwrap();
-        assert_eq!(
-            value(
-                &families,
-                "node_cpu_seconds_total",
-                &[("cpu", "0"), ("mode", "steal")]
-            ),
-            0.0
-        );
-        assert_eq!(
-            value(
-                &families,
-                "node_cpu_seconds_total",
-                &[("cpu", "0"), ("mode", "idle")]
-            ),
-            10.0
-        );
+        let cpu0 = parse("cpu0 100 0 50 1000\n").unwrap().cpus[&0];
+        assert_eq!(cpu0, [1.0, 0.0, 0.5, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn cpu_times_never_step_back_unless_the_cpu_was_replugged() {
+        let history = CpuHistory::default();
+        let times = |idle: f64, iowait: f64| -> CpuTimes {
+            let mut t = [1.0; 10];
+            (t[IDLE], t[4]) = (idle, iowait);
+            t
+        };
+        let read = |cpus: &[(u32, CpuTimes)]| history.monotonic(cpus.iter().copied().collect());
+        read(&[(0, times(100.0, 5.0)), (1, times(100.0, 5.0))]);
+        // iowait steps back: the last value stays.
+        let now = read(&[(0, times(100.5, 4.9)), (1, times(101.0, 5.0))]);
+        assert_eq!(now[&0][4], 5.0);
+        assert_eq!(now[&0][IDLE], 100.5);
+        // CPU 0 replugged (idle far back), CPU 1 offline.
+        let now = read(&[(0, times(2.0, 0.1))]);
+        assert_eq!(now.keys().collect::<Vec<_>>(), [&0]);
+        assert_eq!(now[&0][IDLE], 2.0);
+        assert_eq!(now[&0][4], 0.1);
     }
 
     #[test]
