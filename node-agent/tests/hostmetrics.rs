@@ -169,6 +169,7 @@ fn slack(name: &str, kind: &str, value: f64) -> f64 {
         n if n.starts_with("node_memory_") => 64.0 * MIB,
         n if n.starts_with("node_sockstat_") || n == "node_netstat_Tcp_CurrEstab" => 64.0,
         "node_nf_conntrack_entries" | "node_arp_entries" => 64.0,
+        "node_udp_queues" => MIB,
         n if n.starts_with("node_cpu_") => 0.5,
         _ => 0.0,
     };

@@ -27,6 +27,7 @@ mod softnet;
 mod stat;
 mod time;
 mod timex;
+mod udp;
 mod uname;
 mod vmstat;
 
@@ -248,7 +249,7 @@ impl HostMetrics {
     /// node_exporter leaves out a failing collector; a source the kernel does
     /// not have (pressure before 4.20) is left out silently.
     pub fn collect(&self) -> Snapshot {
-        const READERS: [(&str, Reader); 21] = [
+        const READERS: [(&str, Reader); 22] = [
             ("stat", stat::read),
             ("meminfo", memory::read),
             ("loadavg", load::read),
@@ -259,6 +260,7 @@ impl HostMetrics {
             ("netstat", netstat::read),
             ("sockstat", sockstat::read),
             ("softnet", softnet::read),
+            ("udp_queues", udp::read),
             ("arp", arp::read),
             ("conntrack", conntrack::read),
             ("pressure", pressure::read),
@@ -407,6 +409,7 @@ pub(crate) mod tests {
             "node_sockstat_TCP_inuse",
             "node_arp_entries",
             "node_softnet_processed_total",
+            "node_udp_queues",
             "node_nf_conntrack_entries",
             "node_pressure_cpu_waiting_seconds_total",
             "node_vmstat_pgfault",
