@@ -4,7 +4,7 @@
 //! counters, summed the way node_exporter's legacy names sum them (e.g.
 //! `drop` is dropped + missed, `frame` adds length, over and CRC errors).
 
-use super::{Error, Family, HostMetrics, Kind, Malformed, number, read_host_view};
+use super::{Error, Family, HostMetrics, Kind, Malformed, number, read_host_view, read_parsed};
 
 /// The 16 columns after `<device>:`, as node_exporter names them.
 const COLUMNS: [&str; 16] = [
@@ -27,11 +27,34 @@ const COLUMNS: [&str; 16] = [
 ];
 
 pub(super) fn read(metrics: &HostMetrics) -> Result<Vec<Family>, Error> {
-    read_host_view(metrics, "net/dev", |text| {
+    let mut families = read_host_view(metrics, "net/dev", |text| {
         parse(text, &|device| {
             metrics.network_devices_exclude.matches(device)
         })
-    })
+    })?;
+    // /proc/net/dev has no column for packets dropped for want of a protocol
+    // handler; netlink, which node_exporter reads, and sysfs have.
+    let mut nohandler = Family::new(
+        Kind::Counter,
+        "node_network_receive_nohandler_total",
+        "Network device statistic receive_nohandler.",
+    );
+    for sample in &families[0].samples {
+        let device = &sample.labels[0].1;
+        let path = metrics
+            .sys_path
+            .join("class/net")
+            .join(device)
+            .join("statistics/rx_nohandler");
+        match read_parsed(&path, |text| number::<u64>(text.trim(), "rx_nohandler")) {
+            Ok(packets) => nohandler.push(sample.labels.clone(), packets as f64),
+            // Gone since, or sysfs shows another network namespace.
+            Err(Error::Read { .. }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    families.push(nohandler);
+    Ok(families)
 }
 
 fn parse(text: &str, excluded: &dyn Fn(&str) -> bool) -> Result<Vec<Family>, Malformed> {
@@ -78,7 +101,11 @@ mod tests {
     #[test]
     fn reads_every_device_of_a_real_file() {
         let families = read(&fixture_metrics()).unwrap();
-        assert_eq!(families.len(), 16);
+        assert_eq!(families.len(), 17);
+        let nohandler = &families[16];
+        assert_eq!(nohandler.name, "node_network_receive_nohandler_total");
+        // Only eth0 and lo have statistics in the sysfs fixture.
+        assert_eq!(nohandler.samples.len(), 2);
         let devices: Vec<&str> = families[0]
             .samples
             .iter()
