@@ -159,7 +159,8 @@ fn parse_labels<'a>(mut s: &'a str, labels: &mut Labels) -> Result<&'a str, Stri
 
 /// How far node_exporter's value may lie outside the range our reads just
 /// before and after it span. Counters must be bracketed, but /proc/stat's
-/// idle and iowait can step back slightly (nohz idle accounting). Gauges may
+/// idle and iowait can step back slightly (nohz idle accounting), and each
+/// exporter holds them at its own last read. Gauges may
 /// move either way between reads a few milliseconds apart on a busy 2-core
 /// machine; so may the untyped Tcp_CurrEstab.
 fn slack(name: &str, kind: &str, value: f64) -> f64 {
