@@ -15,8 +15,9 @@ use std::process::Command;
 
 const PROGRAM: &str = "vispyr-ebpf";
 const TARGET: &str = "bpfel-unknown-none";
-/// Keep in step with `scripts/deps.sh`.
-const BPF_LINKER_CACHE: &str = ".cache/vispyr/bpf-linker-0.10.1-llvm22/bin";
+/// Keep in step with `scripts/deps.sh`, which installs bpf-linker into
+/// `~/.cache/vispyr/bpf-linker-<version>-llvm<major of rustc's LLVM>`.
+const BPF_LINKER_VERSION: &str = "0.10.1";
 
 fn main() {
     if let Err(message) = build() {
@@ -103,21 +104,42 @@ fn var(key: &str) -> Result<String, String> {
     env::var(key).map_err(|_| format!("cargo did not set {key}"))
 }
 
+/// The major version of the LLVM inside the rustc that builds us.
+fn llvm_major() -> Result<String, String> {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", rustc.display()))?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{} -vV names no LLVM version", rustc.display()))
+}
+
 fn bpf_linker_dir() -> Result<PathBuf, String> {
+    let cache = format!(
+        ".cache/vispyr/bpf-linker-{BPF_LINKER_VERSION}-llvm{}/bin",
+        llvm_major()?
+    );
     let candidates = env::var_os("VISPYR_BPF_LINKER_DIR")
         .map(PathBuf::from)
         .into_iter()
-        .chain(env::var_os("HOME").map(|home| Path::new(&home).join(BPF_LINKER_CACHE)))
-        .chain(env::var_os("PATH").into_iter().flat_map(|p| {
-            env::split_paths(&p).collect::<Vec<_>>()
-        }));
+        .chain(env::var_os("HOME").map(|home| Path::new(&home).join(&cache)))
+        .chain(
+            env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| env::split_paths(&p).collect::<Vec<_>>()),
+        );
     for dir in candidates {
         if dir.join("bpf-linker").is_file() {
             return Ok(dir);
         }
     }
     Err(format!(
-        "bpf-linker not found in VISPYR_BPF_LINKER_DIR, ~/{BPF_LINKER_CACHE} or PATH; \
+        "bpf-linker not found in VISPYR_BPF_LINKER_DIR, ~/{cache} or PATH; \
          run scripts/deps.sh (or `make deps`) to install it"
     ))
 }

@@ -1,6 +1,7 @@
-//! The node-agent's configuration: one YAML file + `VISPYR_NODE_AGENT_*` env
-//! + `--set`, loaded by `vispyr_common`. Every default works inside the chart.
-//! Values out of range are refused while loading, naming the key (exit 64).
+//! The node-agent's configuration: one YAML file, `VISPYR_NODE_AGENT_*` env
+//! and `--set`, loaded by `vispyr_common`. Every default works inside the
+//! chart. Values out of range are refused while loading, naming the key
+//! (exit 64).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,12 +32,18 @@ pub struct Profiling {
     /// Samples per second on each CPU (software cpu-clock). 99, not 100, so
     /// sampling does not run in lockstep with timers of the profiled code.
     pub frequency_hz: Frequency,
-    /// How often the maps are drained, symbolized and handed to export.
+    /// How often the samples are handed to export.
     pub interval_ms: IntervalMs,
-    /// Distinct (process, user stack, kernel stack) per interval; samples
+    /// How often the kernel maps are drained (and symbolized) in between.
+    /// A stack map is a hash table without chaining: a stack whose slot is
+    /// taken is lost, so the fewer stacks it holds when a sample arrives,
+    /// the fewer collide. Draining often keeps it nearly empty.
+    pub drain_interval_ms: IntervalMs,
+    /// Distinct (process, user stack, kernel stack) per drain interval; samples
     /// beyond are dropped and counted.
     pub counts_entries: MapEntries,
-    /// Distinct stacks per interval. Each costs 1 KiB of kernel memory
+    /// Distinct stacks per drain interval; keep it well above the samples
+    /// of one drain interval (CPUs x frequency x drain interval). Each costs 1 KiB of kernel memory
     /// (charged to the pod's memory cgroup), twice: there are two map sets.
     pub stacks_entries: MapEntries,
 }
@@ -46,6 +53,7 @@ impl Default for Profiling {
         Profiling {
             frequency_hz: Frequency(99),
             interval_ms: IntervalMs(10_000),
+            drain_interval_ms: IntervalMs(1_000),
             counts_entries: MapEntries(vispyr_ebpf_common::DEFAULT_COUNTS_ENTRIES),
             stacks_entries: MapEntries(vispyr_ebpf_common::DEFAULT_STACKS_ENTRIES),
         }
@@ -55,6 +63,10 @@ impl Default for Profiling {
 impl Profiling {
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms.0)
+    }
+
+    pub fn drain_interval(&self) -> Duration {
+        Duration::from_millis(self.drain_interval_ms.0)
     }
 }
 
@@ -87,7 +99,7 @@ bounded!(
     Frequency(u64), 1, 1000, "u64"
 );
 bounded!(
-    /// Drain interval; below 100 ms the drain itself would dominate.
+    /// An interval; below 100 ms the drain itself would dominate.
     IntervalMs(u64), 100, 3_600_000, "u64"
 );
 bounded!(
@@ -105,6 +117,7 @@ mod tests {
         assert_eq!(c.admin_addr.port(), 9100);
         assert_eq!(c.profiling.frequency_hz, Frequency(99));
         assert_eq!(c.profiling.interval(), Duration::from_secs(10));
+        assert_eq!(c.profiling.drain_interval(), Duration::from_secs(1));
         assert_eq!(c.profiling.counts_entries, MapEntries(16_384));
     }
 

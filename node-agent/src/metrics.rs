@@ -105,7 +105,9 @@ impl ProfilerMetrics {
     pub fn record_drain(&self, c: &CounterDeltas) {
         self.samples.inc_by(c.samples);
         self.samples_dropped.inc_by(c.counts_full);
-        self.stack_collisions.get_or_create(&USER).inc_by(c.user_collisions);
+        self.stack_collisions
+            .get_or_create(&USER)
+            .inc_by(c.user_collisions);
         self.stack_collisions
             .get_or_create(&KERNEL)
             .inc_by(c.kernel_collisions);
@@ -113,12 +115,18 @@ impl ProfilerMetrics {
     }
 
     pub fn record_symbolization(&self, s: &Stats) {
-        self.symbol_lookups.get_or_create(&USER).inc_by(s.user_addresses);
+        self.symbol_lookups
+            .get_or_create(&USER)
+            .inc_by(s.user_addresses);
         self.symbol_lookups
             .get_or_create(&KERNEL)
             .inc_by(s.kernel_addresses);
-        self.symbol_misses.get_or_create(&USER).inc_by(s.user_misses);
-        self.symbol_misses.get_or_create(&KERNEL).inc_by(s.kernel_misses);
+        self.symbol_misses
+            .get_or_create(&USER)
+            .inc_by(s.user_misses);
+        self.symbol_misses
+            .get_or_create(&KERNEL)
+            .inc_by(s.kernel_misses);
         self.processes_unreadable.inc_by(s.processes_unreadable);
     }
 }

@@ -1,10 +1,10 @@
 //! The agent's life: start the sampler (failing fast with what is missing),
-//! serve the admin endpoints, and every interval drain, symbolize and hand
-//! a [`Batch`] to export; on SIGTERM, one last drain so the partial
-//! interval is not lost.
+//! serve the admin endpoints, drain and symbolize every drain interval, and
+//! every interval hand a [`Batch`] to export; on SIGTERM, one last drain so
+//! the partial interval is not lost.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
@@ -16,7 +16,7 @@ use crate::config::{Config, Profiling};
 use crate::metrics::ProfilerMetrics;
 use crate::sampler::{Sampler, SamplerError};
 use crate::stack::Batch;
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{Merged, Symbolizer};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Batches waiting for the exporter; beyond, the newest is dropped (and
@@ -40,6 +40,7 @@ pub struct Profiler {
     metrics: ProfilerMetrics,
     frequency_hz: u64,
     since: SystemTime,
+    pending: Merged,
 }
 
 impl Profiler {
@@ -51,6 +52,7 @@ impl Profiler {
             metrics,
             frequency_hz: config.frequency_hz.0,
             since: SystemTime::now(),
+            pending: Merged::default(),
         })
     }
 
@@ -62,17 +64,22 @@ impl Profiler {
     /// Everything sampled since the previous call (or the start), named.
     /// Blocking: syscalls and file reads.
     pub fn collect(&mut self) -> Result<Batch, SamplerError> {
+        self.drain()?;
+        Ok(self.take_batch())
+    }
+
+    /// Empties the kernel maps into the pending batch.
+    pub fn drain(&mut self) -> Result<(), SamplerError> {
         let started = Instant::now();
         let drained = self.sampler.drain()?;
-        let end = SystemTime::now();
         let drain_time = started.elapsed();
-        self.metrics
-            .drain_seconds
-            .observe(drain_time.as_secs_f64());
+        self.metrics.drain_seconds.observe(drain_time.as_secs_f64());
         self.metrics.record_drain(&drained.counters);
 
         let started = Instant::now();
-        let (samples, stats) = self.symbolizer.symbolize(&drained.samples);
+        let stats = self
+            .symbolizer
+            .symbolize(&drained.samples, &mut self.pending);
         self.metrics
             .symbolize_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -85,13 +92,18 @@ impl Profiler {
             ?stats,
             "drained"
         );
-        let start = std::mem::replace(&mut self.since, end);
-        Ok(Batch {
-            start,
+        Ok(())
+    }
+
+    /// What was drained since the previous batch.
+    pub fn take_batch(&mut self) -> Batch {
+        let end = SystemTime::now();
+        Batch {
+            start: std::mem::replace(&mut self.since, end),
             end,
             frequency_hz: self.frequency_hz,
-            samples,
-        })
+            samples: self.pending.take(),
+        }
     }
 
     /// Starts a profiler on a thread of its own (blazesym's symbolizer
@@ -118,7 +130,7 @@ impl Profiler {
                     }
                 };
                 let _ = started_tx.send(Ok(()));
-                let result = profiler.run(&runtime, config.interval(), &batches, &shutdown);
+                let result = profiler.run(&runtime, &config, &batches, &shutdown);
                 let _ = done_tx.send(result);
             })
             .map_err(ServiceError::Thread)?;
@@ -129,22 +141,29 @@ impl Profiler {
     fn run(
         mut self,
         runtime: &tokio::runtime::Handle,
-        interval: Duration,
+        config: &Profiling,
         batches: &mpsc::Sender<Batch>,
         shutdown: &CancellationToken,
     ) -> Result<(), SamplerError> {
-        let mut next = tokio::time::Instant::now() + interval;
+        let now = tokio::time::Instant::now();
+        let (mut next_drain, mut next_batch) =
+            (now + config.drain_interval(), now + config.interval());
         loop {
             let last = runtime.block_on(async {
                 tokio::select! {
-                    () = tokio::time::sleep_until(next) => false,
+                    () = tokio::time::sleep_until(next_drain) => false,
                     () = shutdown.cancelled() => true,
                 }
             });
-            // After a slow collection, wait a whole interval rather than
-            // catching up with short ones.
-            next = (next + interval).max(tokio::time::Instant::now() + interval / 2);
-            match batches.try_send(self.collect()?) {
+            self.drain()?;
+            let now = tokio::time::Instant::now();
+            // After a slow drain, skip the missed ticks rather than catch up.
+            next_drain = (next_drain + config.drain_interval()).max(now);
+            if !last && now < next_batch {
+                continue;
+            }
+            next_batch = (next_batch + config.interval()).max(now);
+            match batches.try_send(self.take_batch()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!("the exporter is behind: dropping a profile batch");

@@ -23,7 +23,10 @@ impl Capability {
     /// What the sampler cannot run without, and why.
     pub const REQUIRED: [(Capability, &'static str); 4] = [
         (Capability::Bpf, "load the eBPF program and read its maps"),
-        (Capability::Perfmon, "open the cpu-clock perf events and read stacks"),
+        (
+            Capability::Perfmon,
+            "open the cpu-clock perf events and read stacks",
+        ),
         (
             Capability::SysPtrace,
             "read other processes' memory maps and /proc/<pid>/root",
@@ -65,8 +68,8 @@ impl fmt::Display for Capability {
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
-        "missing capabilities {}: add them to the container's securityContext.capabilities \
-         (privileged is not needed); without them the agent cannot {}",
+        "missing capabilities: {}; add them to the container's securityContext.capabilities.add \
+         (privileged is not needed). Without them the agent cannot {}",
         list(.missing.iter().map(|(c, _)| c.name())),
         list(.missing.iter().map(|(_, why)| *why))
     )]
@@ -187,9 +190,8 @@ mod tests {
         let err = check_capabilities(mask(&[Capability::SysPtrace])).unwrap_err();
         let message = err.to_string();
         assert!(
-            message.starts_with(
-                "missing capabilities CAP_BPF, CAP_PERFMON, CAP_CHECKPOINT_RESTORE:"
-            ),
+            message
+                .starts_with("missing capabilities: CAP_BPF, CAP_PERFMON, CAP_CHECKPOINT_RESTORE;"),
             "{message}"
         );
         assert!(message.contains("privileged is not needed"), "{message}");

@@ -16,6 +16,24 @@ use std::sync::Arc;
 use crate::sampler::{RawSample, RawStack};
 use crate::stack::{Frame, FrameKind, Sample};
 
+/// Symbolized samples, merged by process and frames.
+#[derive(Debug, Default)]
+pub struct Merged(HashMap<(u32, Vec<Frame>), u64>);
+
+impl Merged {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Empties it into samples.
+    pub fn take(&mut self) -> Vec<Sample> {
+        self.0
+            .drain()
+            .map(|((pid, frames), count)| Sample { pid, frames, count })
+            .collect()
+    }
+}
+
 /// What one drain's symbolization found, for the self metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -72,16 +90,16 @@ impl Symbolizer {
         }
     }
 
-    /// Names every frame; samples of one process whose frames come out the
-    /// same (different addresses in the same functions) are merged.
-    pub fn symbolize(&mut self, raw: &[RawSample]) -> (Vec<Sample>, Stats) {
+    /// Names every frame and adds the samples to `into`, where samples of
+    /// one process whose frames come out the same (different addresses in
+    /// the same functions, or a later drain) are merged.
+    pub fn symbolize(&mut self, raw: &[RawSample], into: &mut Merged) -> Stats {
         self.perf_maps.next_generation();
         let mut stats = Stats::default();
         let mut by_pid: HashMap<u32, Vec<&RawSample>> = HashMap::new();
         for sample in raw {
             by_pid.entry(sample.tgid).or_default().push(sample);
         }
-        let mut merged: HashMap<(u32, Vec<Frame>), u64> = HashMap::new();
         for (pid, samples) in by_pid {
             let user = self.user_frames(pid, &samples, &mut stats);
             let kernel = self.kernel_frames(&samples, &mut stats);
@@ -89,14 +107,10 @@ impl Symbolizer {
                 let mut frames = Vec::new();
                 self.push_frames(&sample.kernel, &kernel, &self.unknown_kernel, &mut frames);
                 self.push_frames(&sample.user, &user, &self.unknown_user, &mut frames);
-                *merged.entry((pid, frames)).or_default() += sample.count;
+                *into.0.entry((pid, frames)).or_default() += sample.count;
             }
         }
-        let samples = merged
-            .into_iter()
-            .map(|((pid, frames), count)| Sample { pid, frames, count })
-            .collect();
-        (samples, stats)
+        stats
     }
 
     fn push_frames(
@@ -121,11 +135,7 @@ impl Symbolizer {
         }
     }
 
-    fn kernel_frames(
-        &self,
-        samples: &[&RawSample],
-        stats: &mut Stats,
-    ) -> HashMap<u64, Vec<Frame>> {
+    fn kernel_frames(&self, samples: &[&RawSample], stats: &mut Stats) -> HashMap<u64, Vec<Frame>> {
         let addrs = addresses(samples.iter().map(|s| &s.kernel));
         stats.kernel_addresses += addrs.len() as u64;
         let mut named = HashMap::with_capacity(addrs.len());
@@ -235,10 +245,20 @@ mod tests {
         // No process has pid u32::MAX - 1 (above pid_max): nothing to read.
         let pid = u32::MAX - 1;
         let mut symbolizer = Symbolizer::new();
-        let (samples, stats) = symbolizer.symbolize(&[
-            raw(pid, RawStack::Frames(Arc::from(vec![0x1000, 0x2001])), RawStack::Absent, 3),
-            raw(pid, RawStack::Collision, RawStack::Absent, 2),
-        ]);
+        let mut merged = Merged::default();
+        let stats = symbolizer.symbolize(
+            &[
+                raw(
+                    pid,
+                    RawStack::Frames(Arc::from(vec![0x1000, 0x2001])),
+                    RawStack::Absent,
+                    3,
+                ),
+                raw(pid, RawStack::Collision, RawStack::Absent, 2),
+            ],
+            &mut merged,
+        );
+        let samples = merged.take();
         assert_eq!(samples.len(), 2);
         let unknown = samples.iter().find(|s| s.count == 3).unwrap();
         assert_eq!(unknown.frames.len(), 2);
@@ -254,12 +274,14 @@ mod tests {
     fn same_frames_are_merged_and_callers_looked_up_inside_the_call() {
         let pid = u32::MAX - 1;
         let mut symbolizer = Symbolizer::new();
-        let (samples, _) = symbolizer.symbolize(&[
-            raw(pid, RawStack::Lost, RawStack::Absent, 1),
-            raw(pid, RawStack::Lost, RawStack::Absent, 4),
-        ]);
+        let mut merged = Merged::default();
+        let lost = |count| raw(pid, RawStack::Lost, RawStack::Absent, count);
+        symbolizer.symbolize(&[lost(1), lost(4)], &mut merged);
+        symbolizer.symbolize(&[lost(2)], &mut merged);
+        let samples = merged.take();
         assert_eq!(samples.len(), 1);
-        assert_eq!(samples[0].count, 5);
+        assert_eq!(samples[0].count, 7);
+        assert!(merged.is_empty());
         assert_eq!(lookup_address(0, 0x10), 0x10);
         assert_eq!(lookup_address(1, 0x10), 0xf);
         let stacks = [RawStack::Frames(Arc::from(vec![0x10, 0x21, 0x10]))];

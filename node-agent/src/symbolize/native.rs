@@ -45,8 +45,10 @@ impl Native {
             .into_iter()
             .map(|result| match result {
                 Symbolized::Sym(sym) => {
-                    let file: Option<Arc<str>> =
-                        sym.module.as_ref().map(|m| Arc::from(&*m.to_string_lossy()));
+                    let file: Option<Arc<str>> = sym
+                        .module
+                        .as_ref()
+                        .map(|m| Arc::from(&*m.to_string_lossy()));
                     let frame = |name: &str| Frame {
                         kind: FrameKind::Native,
                         function: Arc::from(name),

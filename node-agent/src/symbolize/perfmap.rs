@@ -72,7 +72,10 @@ impl PerfMaps {
         };
         let meta = file.metadata()?;
         let identity = (meta.dev(), meta.ino());
-        let map = self.maps.entry(pid).or_insert_with(|| PerfMap::new(identity));
+        let map = self
+            .maps
+            .entry(pid)
+            .or_insert_with(|| PerfMap::new(identity));
         if map.identity != identity || meta.len() < map.read_len {
             *map = PerfMap::new(identity);
         }
@@ -180,7 +183,11 @@ mod tests {
     fn lines() {
         assert_eq!(
             parse_line("7f0b2e7e6c40 378 JS:~hot /app/a.js:3:19"),
-            Some((0x7f0b2e7e6c40, 0x7f0b2e7e6c40 + 0x378, "JS:~hot /app/a.js:3:19"))
+            Some((
+                0x7f0b2e7e6c40,
+                0x7f0b2e7e6c40 + 0x378,
+                "JS:~hot /app/a.js:3:19"
+            ))
         );
         assert_eq!(parse_line("zz 10 x"), None);
         assert_eq!(parse_line("10 0 x"), None);
@@ -197,7 +204,10 @@ mod tests {
         let mut maps = PerfMaps::default();
         maps.maps.insert(1, map);
         assert_eq!(&*maps.lookup(1, 0x105).unwrap().function, "new");
-        assert!(maps.lookup(1, 0x108).is_none(), "past the new, shorter entry");
+        assert!(
+            maps.lookup(1, 0x108).is_none(),
+            "past the new, shorter entry"
+        );
         let f = maps.lookup(1, 0x20f).unwrap();
         assert_eq!((&*f.function, f.kind), ("second", FrameKind::Js));
         assert!(maps.lookup(1, 0x50).is_none());
@@ -213,10 +223,16 @@ mod tests {
         let mut maps = PerfMaps::default();
         assert!(maps.refresh(pid));
         assert_eq!(&*maps.lookup(pid, 0x1001).unwrap().function, "first");
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         std::io::Write::write_all(&mut file, b"2000 10 JS:*second /a.js:2:1\n").unwrap();
         assert!(maps.refresh(pid));
-        assert_eq!(maps.maps[&pid].read_len, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(
+            maps.maps[&pid].read_len,
+            std::fs::metadata(&path).unwrap().len()
+        );
         assert_eq!(&*maps.lookup(pid, 0x2001).unwrap().function, "second");
         std::fs::remove_file(&path).unwrap();
         assert!(!maps.refresh(pid));
