@@ -95,6 +95,7 @@ impl Symbolizer {
     /// the same functions, or a later drain) are merged.
     pub fn symbolize(&mut self, raw: &[RawSample], into: &mut Merged) -> Stats {
         self.perf_maps.next_generation();
+        self.native.next_generation();
         let mut stats = Stats::default();
         let mut by_pid: HashMap<u32, Vec<&RawSample>> = HashMap::new();
         for sample in raw {
