@@ -56,11 +56,6 @@ impl Profiler {
         })
     }
 
-    /// CPUs sampled.
-    pub fn cpus(&self) -> usize {
-        self.sampler.cpus()
-    }
-
     /// Everything sampled since the previous call (or the start), named.
     /// Blocking: syscalls and file reads.
     pub fn collect(&mut self) -> Result<Batch, SamplerError> {

@@ -118,12 +118,12 @@ pub struct Sampler {
     counters: PerCpuArray<MapData, u64>,
     active: u32,
     totals: [u64; shared::COUNTER_SLOTS as usize],
-    cpus: usize,
 }
 
 impl Sampler {
     /// Checks the kernel and capabilities, loads the program and attaches
-    /// it on every online CPU at `config.frequency_hz`.
+    /// it on every online CPU at `config.frequency_hz`. CPUs brought online
+    /// later are not sampled until the agent restarts.
     pub fn start(config: &Profiling) -> Result<Self, SamplerError> {
         preflight::check()?;
         let mut loader = EbpfLoader::new();
@@ -175,13 +175,7 @@ impl Sampler {
             _ebpf: ebpf,
             active: 0,
             totals: [0; shared::COUNTER_SLOTS as usize],
-            cpus: cpus.len(),
         })
-    }
-
-    /// CPUs the program is attached to.
-    pub fn cpus(&self) -> usize {
-        self.cpus
     }
 
     /// Everything counted since the previous drain (or the start).
