@@ -17,13 +17,16 @@ use vispyr_node_agent::stack::{FrameKind, Sample};
 
 const HZ: u64 = 99;
 
-fn profiler() -> Profiler {
-    let config = Profiling {
+fn config() -> Profiling {
+    Profiling {
         frequency_hz: Frequency(HZ),
         ..Profiling::default()
-    };
+    }
+}
+
+fn profiler() -> Profiler {
     let metrics = ProfilerMetrics::register(&mut Registry::default());
-    Profiler::start(&config, metrics).expect("the sampler starts (these tests run as root)")
+    Profiler::start(&config(), metrics).expect("the sampler starts (these tests run as root)")
 }
 
 /// A child killed and reaped when the test ends, however it ends, with the
@@ -229,11 +232,7 @@ fn samples_per_cpu_second_match_the_frequency() {
     let bin = spin_binary(dir.path());
     // The raw sampler: a drain only swaps and reads maps, so the CPU time
     // read right after it bounds the same window as the samples.
-    let mut sampler = Sampler::start(&Profiling {
-        frequency_hz: Frequency(HZ),
-        ..Profiling::default()
-    })
-    .unwrap();
+    let mut sampler = Sampler::start(&config()).unwrap();
     // SCHED_FIFO gives the spinner a CPU of its own (less the kernel's 5%
     // real-time throttling) however busy the machine is. On a shared CPU
     // the count skews: timers are coalesced, so tasks woken by timers run
