@@ -59,8 +59,9 @@ impl PerfMaps {
 
     fn try_refresh(&mut self, pid: u32) -> io::Result<bool> {
         let Some(path) = path(pid)? else {
-            self.maps.remove(&pid);
-            return Ok(false);
+            // Gone since it was sampled: what was read while it lived still
+            // names its last samples (and is forgotten with the generation).
+            return Ok(self.maps.contains_key(&pid));
         };
         let mut file = match File::open(&path) {
             Ok(f) => f,
@@ -212,6 +213,23 @@ mod tests {
         assert_eq!((&*f.function, f.kind), ("second", FrameKind::Js));
         assert!(maps.lookup(1, 0x50).is_none());
         assert!(maps.lookup(2, 0x105).is_none());
+    }
+
+    #[test]
+    fn an_exited_process_keeps_what_was_read() {
+        // Above pid_max: no such process.
+        let pid = u32::MAX - 1;
+        let mut maps = PerfMaps::default();
+        assert!(!maps.refresh(pid));
+        let mut map = PerfMap::new((0, 0));
+        map.append(b"100 10 JS:*last /a.js:1:1\n");
+        maps.maps.insert(pid, map);
+        assert!(maps.refresh(pid));
+        assert_eq!(&*maps.lookup(pid, 0x101).unwrap().function, "last");
+        for _ in 0..=KEEP_UNUSED_DRAINS {
+            maps.next_generation();
+        }
+        assert!(!maps.refresh(pid), "forgotten after a while");
     }
 
     #[test]
