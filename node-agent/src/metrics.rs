@@ -1,5 +1,5 @@
 //! The profiler's self metrics, served at `:9100/metrics` with a
-//! `vispyr_profiler_` prefix.
+//! `vispyr_node_agent_profiler_` prefix.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -48,7 +48,7 @@ impl ProfilerMetrics {
             processes_unreadable: Counter::default(),
             batches_dropped: Counter::default(),
         };
-        let r = registry.sub_registry_with_prefix("vispyr_profiler");
+        let r = registry.sub_registry_with_prefix("vispyr_node_agent_profiler");
         r.register(
             "samples",
             "CPU samples recorded by the eBPF program",

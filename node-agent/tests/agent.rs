@@ -46,12 +46,14 @@ async fn profiles_serves_metrics_and_exits_cleanly_on_sigterm() {
                 .map_err(|e| e.to_string())?;
             let samples = text
                 .lines()
-                .find_map(|l| l.strip_prefix("vispyr_profiler_samples_total "))
+                .find_map(|l| l.strip_prefix("vispyr_node_agent_profiler_samples_total "))
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
             let drains = text
                 .lines()
-                .find_map(|l| l.strip_prefix("vispyr_profiler_drain_duration_seconds_count "))
+                .find_map(|l| {
+                    l.strip_prefix("vispyr_node_agent_profiler_drain_duration_seconds_count ")
+                })
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
             if samples > 0 && drains >= 2 {
