@@ -107,11 +107,13 @@ pub enum ForwardError {
 
 impl ForwardError {
     /// UNAVAILABLE is a connection that failed or a member leaving; UNKNOWN
-    /// is what tonic reports when a connection dies mid-call. A member
-    /// never answers either on purpose for anything else.
+    /// and CANCELLED are what tonic reports when a connection dies
+    /// mid-call. A member never answers these on purpose for anything else.
     fn new(peer: Arc<str>, status: Status) -> ForwardError {
         match status.code() {
-            Code::Unavailable | Code::Unknown => ForwardError::Unreachable { peer, status },
+            Code::Unavailable | Code::Unknown | Code::Cancelled => {
+                ForwardError::Unreachable { peer, status }
+            }
             _ => ForwardError::Refused { peer, status },
         }
     }

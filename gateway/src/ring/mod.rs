@@ -7,9 +7,10 @@
 //! Failure handling: a member that cannot be reached (connection refused or
 //! reset, or it says it is leaving) is taken out of this member's view at
 //! once, so its keys move to their runner-up owners, and probed every
-//! `probe_interval_ms` until it answers again. Static peers start out of the
-//! view and join when their first probe answers, so the ring only holds
-//! members that were reachable.
+//! `probe_interval_ms` until it answers again. Members in the view are
+//! pinged at the same interval, so a dead one is found without traffic.
+//! Static peers start out of the view and join when their first probe
+//! answers, so the ring only holds members that were reachable.
 
 pub mod client;
 pub mod hashing;
@@ -93,6 +94,7 @@ impl Ring {
             config: config.clone(),
             stop: CancellationToken::new(),
         });
+        tokio::spawn(ring.clone().heartbeat());
         match &config.service {
             None => {
                 ring.membership.set_listed(listed, true);
@@ -202,13 +204,42 @@ impl Ring {
         result
     }
 
+    /// Pings every other member each `probe_interval_ms`, so one that died
+    /// or left is out of the ring before traffic has to find out.
+    async fn heartbeat(self: Arc<Self>) {
+        let interval = self.probe_interval();
+        let timeout = interval.max(self.connect_timeout());
+        loop {
+            let view = self.view();
+            let pings = view
+                .members()
+                .iter()
+                .filter(|m| m.addr != *self.local())
+                .map(|m| {
+                    let peer = self.peer(&m.addr);
+                    async move { peer.call(client::PING, Bytes::new(), timeout).await }
+                });
+            for result in futures::future::join_all(pings).await {
+                let _ = self.checked(result);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = self.stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.config.probe_interval_ms.max(10))
+    }
+
     fn spawn_probe(self: Arc<Self>, addr: Arc<str>) {
         if !self.probing().insert(addr.clone()) {
             return;
         }
         tokio::spawn(async move {
             let peer = self.peer(&addr);
-            let interval = Duration::from_millis(self.config.probe_interval_ms.max(10));
+            let interval = self.probe_interval();
             // A probe waits no longer than the interval: a member that is
             // slow to answer a ping is not ready to own keys either.
             let timeout = interval.max(self.connect_timeout());
