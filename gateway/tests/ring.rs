@@ -3,7 +3,9 @@
 //! members in different requests, meet on the one member that owns the trace
 //! ID and reach the store whole and once; a member killed mid-stream loses
 //! no span the ring acknowledged; a member stopped with SIGTERM leaves the
-//! ring and hands nothing off twice.
+//! ring and hands nothing off twice. With Kubernetes membership, the ring
+//! follows the ready endpoints of the Service's EndpointSlices on a real
+//! apiserver.
 
 mod common;
 
@@ -17,7 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tokio::sync::Mutex;
 use vispyr_e2e::process::free_port;
-use vispyr_e2e::{TraceStore, eventually};
+use vispyr_e2e::{TestCluster, TraceStore, eventually};
 use vispyr_gateway::otlp::retryable;
 
 const SENT: &str = r#"vispyr_gateway_exporter_sent_spans_total{exporter="traces"}"#;
@@ -295,4 +297,92 @@ async fn a_member_stopped_with_sigterm_leaves_and_hands_nothing_off_twice() {
         wait_members(m, 2).await;
     }
     assert_acknowledged_stored(&store, &acked, true).await;
+}
+
+/// This machine's address on its default route: EndpointSlices refuse
+/// loopback addresses. Connecting a UDP socket sends nothing.
+fn host_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .connect("192.0.2.1:9")
+        .expect("a default route (EndpointSlices need a non-loopback address)");
+    socket.local_addr().unwrap().ip()
+}
+
+/// An EndpointSlice of the ring's Service with one endpoint, this host on
+/// its own `ring` port (one slice per member: they share the address).
+fn slice(name: &str, port: u16, ready: bool, terminating: bool) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "vispyr-gateway-ring"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "otlp", "port": 4317}, {"name": "ring", "port": port}],
+        "endpoints": [{
+            "addresses": [host_ip().to_string()],
+            "conditions": {"ready": ready, "serving": ready, "terminating": terminating}
+        }]
+    })
+}
+
+#[tokio::test]
+async fn kubernetes_membership_follows_ready_endpoints() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    let cluster = TestCluster::start().await.unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client(), "default");
+    let ports = [free_port(), free_port()];
+    let mut members = Vec::new();
+    for port in ports {
+        members.push(
+            Gateway::start_with_env(
+                &[
+                    format!("ring.addr={}:{port}", host_ip()),
+                    "ring.service=vispyr-gateway-ring".into(),
+                    "ring.namespace=default".into(),
+                ],
+                &[("KUBECONFIG", cluster.kubeconfig())],
+            )
+            .await,
+        );
+    }
+    let create = async |name, port, ready, terminating| {
+        let s = serde_json::from_value(slice(name, port, ready, terminating)).unwrap();
+        slices.create(&PostParams::default(), &s).await.unwrap();
+    };
+    let replace = async |name: &str, port, ready, terminating| {
+        let patch = Patch::Merge(slice(name, port, ready, terminating));
+        slices
+            .patch(name, &PatchParams::default(), &patch)
+            .await
+            .unwrap();
+    };
+
+    // A not-ready endpoint is not a member; a ready one is.
+    create("gw-a", ports[0], true, false).await;
+    create("gw-b", ports[1], false, false).await;
+    for m in &members {
+        wait_members(m, 1).await;
+    }
+    replace("gw-b", ports[1], true, false).await;
+    for m in &members {
+        wait_members(m, 2).await;
+    }
+    // Both members own traces: spans sent to one reach the other.
+    let mut first = client(&members[0]).await;
+    let traces: Vec<TestTrace> = (0..20).map(|_| TestTrace::new("svc-k8s", 1)).collect();
+    first
+        .export(request(&traces.iter().collect::<Vec<_>>(), 0))
+        .await
+        .unwrap();
+    assert!(members[1].metric(RECEIVED).await > 0.0);
+
+    // Terminating (still ready while it drains): out of the ring.
+    replace("gw-b", ports[1], true, true).await;
+    for m in &members {
+        wait_members(m, 1).await;
+    }
+    slices.delete("gw-a", &Default::default()).await.unwrap();
+    wait_members(&members[1], 0).await;
 }

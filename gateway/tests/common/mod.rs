@@ -29,6 +29,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(sets: &[String]) -> Gateway {
+        Gateway::start_with_env(sets, &[]).await
+    }
+
+    /// Like [`Self::start`], with extra environment variables.
+    pub async fn start_with_env(sets: &[String], env: &[(&str, &std::path::Path)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(BIN);
@@ -43,6 +48,7 @@ impl Gateway {
             cmd.arg("--set").arg(set);
         }
         cmd.env("VISPYR_LOG", "info,vispyr_gateway=debug");
+        cmd.envs(env.iter().copied());
         let mut process =
             Process::spawn("vispyr-gateway", cmd, &dir.path().join("gateway.log")).unwrap();
         let client = reqwest::Client::new();
