@@ -106,14 +106,18 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
-    /// UNAVAILABLE is a connection that failed or a member leaving; UNKNOWN
-    /// and CANCELLED are what tonic reports when a connection dies
-    /// mid-call. A member never answers these on purpose for anything else.
+    /// UNAVAILABLE is a connection that failed or a member leaving; UNKNOWN,
+    /// CANCELLED and INTERNAL are what tonic reports when a connection or
+    /// stream dies mid-call (a killed member). A member never answers any of
+    /// these on purpose; its own answers (a full queue, a failed export, a
+    /// bad message) are other codes, and so is a call that timed out.
     fn new(peer: Arc<str>, status: Status) -> ForwardError {
         match status.code() {
-            Code::Unavailable | Code::Unknown | Code::Cancelled => {
-                ForwardError::Unreachable { peer, status }
-            }
+            Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Internal
+            | Code::DataLoss => ForwardError::Unreachable { peer, status },
             _ => ForwardError::Refused { peer, status },
         }
     }
