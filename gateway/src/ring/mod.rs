@@ -40,6 +40,8 @@ pub enum RingError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("{key}: {addr:?} is not host:port")]
+    NotHostPort { key: &'static str, addr: String },
     #[error(
         "ring.advertise is required when ring.addr ({0}) is a wildcard: set it to this member's host:port as the others reach it"
     )]
@@ -48,6 +50,20 @@ pub enum RingError {
     TwoSources,
     #[error("ring.service is set but no Kubernetes client could be configured")]
     Kubernetes(#[source] kube::Error),
+}
+
+/// A member address from the config, checked now rather than at the first
+/// forward.
+fn host_port(key: &'static str, addr: &str) -> Result<Arc<str>, RingError> {
+    let bad = || RingError::NotHostPort {
+        key,
+        addr: addr.to_owned(),
+    };
+    let authority: http::uri::Authority = addr.parse().map_err(|_| bad())?;
+    if authority.port_u16().is_none() || authority.as_str() != addr || addr.contains('@') {
+        return Err(bad());
+    }
+    Ok(addr.into())
 }
 
 /// Who owns a key.
@@ -76,16 +92,13 @@ impl Ring {
             return Err(RingError::TwoSources);
         }
         let local = match &config.advertise {
-            Some(a) => a.clone(),
-            None if !config.addr.ip().is_unspecified() => config.addr.to_string(),
+            Some(a) => host_port("ring.advertise", a)?,
+            None if !config.addr.ip().is_unspecified() => config.addr.to_string().into(),
             None => return Err(RingError::NoAdvertise(config.addr)),
         };
-        // A bad address fails here, not at the first forward.
-        let connect = Duration::from_millis(config.connect_timeout_ms);
-        let local: Arc<str> = Peer::new(local.into(), connect)?.addr().clone();
         let mut listed = BTreeSet::from([local.clone()]);
         for p in &config.peers {
-            listed.insert(Peer::new(p.as_str().into(), connect)?.addr().clone());
+            listed.insert(host_port("ring.peers", p)?);
         }
         let ring = Arc::new(Ring {
             membership: Arc::new(Membership::new(&local, metrics)),
@@ -289,5 +302,24 @@ impl Ring {
     /// Stops the membership watch and the probes.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_addresses_must_be_host_and_port() {
+        assert_eq!(&*host_port("k", "10.0.0.1:4319").unwrap(), "10.0.0.1:4319");
+        assert_eq!(
+            &*host_port("k", "[fd00::1]:4319").unwrap(),
+            "[fd00::1]:4319"
+        );
+        assert_eq!(&*host_port("k", "gw-0.gw:4319").unwrap(), "gw-0.gw:4319");
+        for bad in ["10.0.0.1", "gw:", "http://gw:4319", "a b:1", "u@gw:1", ""] {
+            let err = host_port("ring.peers", bad).unwrap_err().to_string();
+            assert_eq!(err, format!("ring.peers: {bad:?} is not host:port"));
+        }
     }
 }
