@@ -60,6 +60,8 @@ struct State {
     queued: u64,
     /// Reserved, queued or being sent: what counts against the capacity.
     held: u64,
+    /// Queued items whose sender waits for their receipt.
+    waiting: usize,
     closed: bool,
 }
 
@@ -163,7 +165,10 @@ impl TraceQueue {
         loop {
             {
                 let state = self.lock();
-                if state.closed || state.queued >= max_spans {
+                // Someone waits for a receipt (another member holding its
+                // client): send now; batches still form while a send is
+                // in flight.
+                if state.closed || state.queued >= max_spans || state.waiting > 0 {
                     break;
                 }
             }
@@ -183,7 +188,10 @@ impl TraceQueue {
             let item = state.items.pop_front().expect("front exists");
             batch.spans += item.spans;
             batch.resource_spans.extend(item.resource_spans);
-            batch.settled.extend(item.settled);
+            if let Some(tx) = item.settled {
+                state.waiting -= 1;
+                batch.settled.push(tx);
+            }
         }
         state.queued -= batch.spans;
         Some(batch)
@@ -207,6 +215,7 @@ impl TraceQueue {
         let spans = state.queued;
         // Dropping the items drops their receipts' senders: "given up".
         state.items.clear();
+        state.waiting = 0;
         state.queued = 0;
         state.held -= spans;
         self.set_gauge(&state);
@@ -235,6 +244,7 @@ impl Reservation<'_> {
         self.committed = true;
         let mut state = self.queue.lock();
         state.queued += self.spans;
+        state.waiting += usize::from(settled.is_some());
         state.items.push_back(Item {
             spans: self.spans,
             resource_spans,
@@ -532,7 +542,14 @@ mod tests {
         );
 
         let receipt = q.reserve(3).unwrap().commit(spans(3), true).unwrap();
-        let batch = q.take(100, Duration::ZERO).await.unwrap();
+        // Nobody waits an hour's linger when a sender waits for its receipt.
+        let batch = tokio::time::timeout(
+            Duration::from_secs(10),
+            q.take(100, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("no linger")
+        .unwrap();
         for tx in batch.settled {
             tx.send(true).unwrap();
         }

@@ -208,13 +208,19 @@ impl Ring {
 
     /// An unreachable member leaves this member's view until a probe answers.
     fn checked(self: &Arc<Self>, result: Result<(), ForwardError>) -> Result<(), ForwardError> {
-        if let Err(ForwardError::Unreachable { peer, status }) = &result
-            && self.membership.mark_down(peer)
-        {
+        if let Err(e @ ForwardError::Unreachable { .. }) = &result {
+            self.take_out(e);
+        }
+        result
+    }
+
+    fn take_out(self: &Arc<Self>, error: &ForwardError) {
+        let (ForwardError::Unreachable { peer, status } | ForwardError::Refused { peer, status }) =
+            error;
+        if self.membership.mark_down(peer) {
             tracing::warn!(peer = %peer, error = status.message(), "ring member unreachable, its keys move to the others");
             self.clone().spawn_probe(peer.clone());
         }
-        result
     }
 
     /// Pings every other member each `probe_interval_ms`, so one that died
@@ -232,8 +238,15 @@ impl Ring {
                     let peer = self.peer(&m.addr);
                     async move { peer.call(client::PING, Bytes::new(), timeout).await }
                 });
-            for result in futures::future::join_all(pings).await {
-                let _ = self.checked(result);
+            // A ping has no error of its own to answer: one that fails in
+            // any way, a timeout included (a hung member), takes the member
+            // out until a probe answers.
+            for error in futures::future::join_all(pings)
+                .await
+                .iter()
+                .flat_map(|r| r.as_ref().err())
+            {
+                self.take_out(error);
             }
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
