@@ -103,3 +103,79 @@ impl UnaryService<Bytes> for Handler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::otlp::Refusal;
+    use crate::pipeline::DeltasHandler;
+    use crate::ring::{ForwardError, Owner, Ring};
+
+    /// Keeps what it is sent; refuses a body starting with `!`.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Bytes>>);
+
+    impl DeltasHandler for Recorder {
+        fn deltas(&self, body: Bytes) -> Result<(), Refusal> {
+            if body.starts_with(b"!") {
+                return Err(Refusal::Malformed("bad deltas".into()));
+            }
+            self.0.lock().unwrap().push(body);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn deltas_reach_the_handler_the_owner_registered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = crate::config::Ring {
+            addr,
+            peers: vec![addr.to_string()],
+            ..Default::default()
+        };
+        let ring = Ring::start(&config, Default::default()).await.unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let pipeline = Pipeline::new(Metrics::default(), None)
+            .with_ring(ring.clone())
+            .with_deltas_handler(recorder.clone());
+        let service = RingService::new(Arc::new(pipeline), 1 << 20);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        // A ring of one: every key is this member's.
+        assert!(matches!(ring.owner(b"series"), Owner::Local));
+
+        let me = ring.peer(ring.local());
+        ring.send_deltas(&me, Bytes::from_static(b"delta-1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [Bytes::from_static(b"delta-1")]
+        );
+
+        let err = ring
+            .send_deltas(&me, Bytes::from_static(b"!"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ForwardError::Refused { status, .. } if status.code() == tonic::Code::InvalidArgument),
+            "{err:?}"
+        );
+
+        ring.leave();
+        let err = ring
+            .send_deltas(&me, Bytes::from_static(b"delta-2"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::Unreachable { .. }), "{err:?}");
+        assert_eq!(recorder.0.lock().unwrap().len(), 1);
+        ring.stop();
+    }
+}
