@@ -6,6 +6,7 @@
 //! - [`NodeCluster`]: the same control plane plus controller-manager,
 //!   scheduler, containerd and a kubelet: pods really run (root only).
 //! - [`Backends`]: Prometheus, the trace store and Pyroscope, with query helpers.
+//! - [`NodeExporter`]: the reference for the node-agent's host metrics.
 
 mod backends;
 mod cluster;
@@ -16,7 +17,9 @@ mod pki;
 pub mod process;
 mod tools;
 
-pub use backends::{Backends, Flamegraph, Prometheus, Pyroscope, TraceSpan, TraceStore};
+pub use backends::{
+    Backends, Flamegraph, NodeExporter, Prometheus, Pyroscope, TraceSpan, TraceStore,
+};
 pub use cluster::TestCluster;
 pub use error::Error;
 pub use eventually::eventually;
