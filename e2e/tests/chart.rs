@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams, PostParams, WatchParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams, WatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use vispyr_e2e::{Prometheus, Pyroscope, TestCluster, golden, tool};
@@ -668,6 +669,26 @@ async fn every_render_applies_and_each_component_has_only_its_rbac() {
         .await
         .unwrap();
 
+    // What NOTES.txt tells the user to do (checked below against what is
+    // installed); before the install, which helm would find in its way.
+    let notes = helm(&[
+        "install",
+        "vispyr",
+        chart().to_str().unwrap(),
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
+        "--kubeconfig",
+        cluster.kubeconfig().to_str().unwrap(),
+    ])
+    .unwrap();
+    for line in [
+        "kubectl -n vispyr-system port-forward svc/vispyr-grafana 3000:3000",
+        "vispyr.io/inject-nodejs: \"vispyr-system/default\"",
+    ] {
+        assert!(notes.contains(line), "NOTES lack {line:?}:\n{notes}");
+    }
+
     // The default last, so that what is checked below is the default install.
     for (name, sets) in CASES.iter().rev() {
         let file = cluster.dir().join(format!("{name}.yaml"));
@@ -695,6 +716,28 @@ async fn every_render_applies_and_each_component_has_only_its_rbac() {
         .unwrap();
     let grafana = cluster.client_as(&sa("grafana"), &SA_GROUPS).await.unwrap();
     let lp = ListParams::default();
+
+    let grafana_svc = Api::<Service>::namespaced(admin.clone(), NAMESPACE)
+        .get("vispyr-grafana")
+        .await
+        .unwrap();
+    assert_eq!(grafana_svc.spec.unwrap().ports.unwrap()[0].port, 3000);
+    let instrumentation = Api::<DynamicObject>::namespaced_with(
+        admin.clone(),
+        NAMESPACE,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "vispyr.io",
+            "v1alpha1",
+            "VispyrInstrumentation",
+        )),
+    )
+    .get("default")
+    .await
+    .expect("the default VispyrInstrumentation NOTES names");
+    assert_eq!(
+        instrumentation.data["spec"]["exporter"]["endpoint"],
+        "http://vispyr-gateway.vispyr-system.svc:4318"
+    );
 
     // Gateway: the ring's EndpointSlices of its namespace, nothing else.
     allowed(
