@@ -9,6 +9,7 @@ mod backends;
 mod cluster;
 mod error;
 mod eventually;
+pub mod fixtures;
 pub mod golden;
 mod pki;
 pub mod process;

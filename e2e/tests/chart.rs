@@ -19,7 +19,8 @@ use kube::api::{Api, DynamicObject, ListParams, PostParams, WatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use vispyr_e2e::{Prometheus, Pyroscope, TestCluster, golden, tool};
+use vispyr_e2e::fixtures::cpu_profile;
+use vispyr_e2e::{Prometheus, Pyroscope, TestCluster, eventually, golden, tool};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const NAMESPACE: &str = "vispyr-system";
@@ -414,10 +415,13 @@ fn panels(dashboard: &Value) -> Vec<&Value> {
     out
 }
 
-/// Grafana's variables replaced by values that keep the query valid, so that
-/// what is sent to Prometheus is the query Grafana would send; an undeclared
-/// variable is an error.
-fn interpolate(query: &str, declared: &BTreeSet<String>) -> Result<String, String> {
+/// The service the fixtures describe; single-valued variables take it.
+const SERVICE: &str = "checkout";
+
+/// Grafana's variables replaced as Grafana would with "All" selected (the
+/// variable's allValue) or, for a single-valued variable, the fixtures'
+/// service; an undeclared variable is an error.
+fn interpolate(query: &str, declared: &BTreeMap<String, String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = query;
     while let Some(at) = rest.find('$') {
@@ -438,8 +442,9 @@ fn interpolate(query: &str, declared: &BTreeSet<String>) -> Result<String, Strin
             // Tempo's traces-to-metrics: the span's tags as matchers.
             "__tags" => "service=\"checkout\"",
             "__span.name" => "GET /cart",
-            n if declared.contains(n) => ".*",
-            n => return Err(format!("undeclared variable ${n} in {query}")),
+            n => declared
+                .get(n)
+                .ok_or(format!("undeclared variable ${n} in {query}"))?,
         };
         rest = &after[len..];
     }
@@ -467,9 +472,12 @@ fn queries() -> Vec<(String, Query)> {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let declared: BTreeSet<String> = vars
+        let declared: BTreeMap<String, String> = vars
             .iter()
-            .map(|v| v["name"].as_str().unwrap().to_string())
+            .map(|v| {
+                let value = v["allValue"].as_str().unwrap_or(SERVICE);
+                (v["name"].as_str().unwrap().to_string(), value.to_string())
+            })
             .collect();
         let check_source = |what: &str, ds: &Value| {
             let uid = ds["uid"]
@@ -567,7 +575,7 @@ fn queries() -> Vec<(String, Query)> {
         let query = q["query"].as_str().unwrap().replace("$$", "$");
         out.push((
             format!("Tempo traces-to-metrics {}", q["name"]),
-            Query::PromQL(interpolate(&query, &BTreeSet::new()).unwrap()),
+            Query::PromQL(interpolate(&query, &BTreeMap::new()).unwrap()),
         ));
     }
     out
@@ -598,11 +606,117 @@ fn dashboards_have_unique_uids_and_provisioned_datasources() {
     );
 }
 
-/// Every query is sent to a real Prometheus, started with the chart's own
-/// prometheus.yml (so that file loads too), or to a real Pyroscope: a parse
-/// error fails the test.
+/// Series of every metric the dashboards read, labelled as the pipeline
+/// writes them: span metrics and service graph as the gateway computes them,
+/// Node.js metrics as its OTLP conversion names them (job = service.name,
+/// instance = service.instance.id), and what the chart's Prometheus scrapes
+/// from the Vispyr pods (job "vispyr", component, pod, node). Each value is
+/// the factor, doubled in a second write.
+const FIXTURE: &str = r#"
+traces_spanmetrics_calls_total{service="checkout",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET"} 10
+traces_spanmetrics_calls_total{service="checkout",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR"} 1
+traces_spanmetrics_latency_bucket{service="checkout",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET",le="0.1"} 8
+traces_spanmetrics_latency_bucket{service="checkout",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET",le="+Inf"} 10
+traces_service_graph_request_total{client="frontend",server="checkout"} 10
+traces_service_graph_request_failed_total{client="frontend",server="checkout"} 1
+traces_service_graph_request_server_seconds_bucket{client="frontend",server="checkout",le="+Inf"} 10
+traces_service_graph_request_client_seconds_bucket{client="frontend",server="checkout",le="+Inf"} 10
+nodejs_eventloop_utilization_ratio{job="checkout",instance="pod-1"} 0.1
+nodejs_eventloop_delay_p50_seconds{job="checkout",instance="pod-1"} 0.01
+nodejs_eventloop_delay_p90_seconds{job="checkout",instance="pod-1"} 0.02
+nodejs_eventloop_delay_p99_seconds{job="checkout",instance="pod-1"} 0.03
+nodejs_eventloop_delay_max_seconds{job="checkout",instance="pod-1"} 0.04
+v8js_memory_heap_used_bytes{job="checkout",instance="pod-1",v8js_heap_space_name="old_space"} 1e6
+v8js_memory_heap_limit_bytes{job="checkout",instance="pod-1"} 1e8
+v8js_gc_duration_seconds_sum{job="checkout",instance="pod-1",v8js_gc_type="major"} 0.5
+v8js_gc_duration_seconds_count{job="checkout",instance="pod-1",v8js_gc_type="major"} 5
+node_cpu_seconds_total{node="node-1",cpu="0",mode="idle"} 50
+node_cpu_seconds_total{node="node-1",cpu="0",mode="user"} 10
+node_memory_MemAvailable_bytes{node="node-1"} 1e9
+node_memory_MemTotal_bytes{node="node-1"} 4e9
+node_load1{node="node-1"} 0.5
+node_filesystem_avail_bytes{node="node-1",mountpoint="/",fstype="ext4",device="/dev/sda1"} 1e9
+node_filesystem_size_bytes{node="node-1",mountpoint="/",fstype="ext4",device="/dev/sda1"} 4e9
+node_disk_read_bytes_total{node="node-1",device="sda"} 1e6
+node_disk_written_bytes_total{node="node-1",device="sda"} 1e6
+node_network_receive_bytes_total{node="node-1",device="eth0"} 1e6
+node_network_transmit_bytes_total{node="node-1",device="eth0"} 1e6
+up{job="vispyr",component="gateway",pod="gw-0"} 1
+vispyr_build_info{job="vispyr",component="gateway",pod="gw-0",version="0.1.0"} 1
+vispyr_gateway_receiver_accepted_items_total{pod="gw-0",signal="traces",transport="grpc"} 100
+vispyr_gateway_receiver_refused_requests_total{pod="gw-0",signal="traces",transport="grpc",reason="too_large"} 1
+vispyr_gateway_not_exported_items_total{pod="gw-0",signal="logs"} 1
+vispyr_gateway_exporter_sent_spans_total{pod="gw-0",exporter="tempo"} 100
+vispyr_gateway_exporter_retried_spans_total{pod="gw-0",exporter="tempo"} 1
+vispyr_gateway_exporter_dropped_spans_total{pod="gw-0",exporter="tempo"} 1
+vispyr_gateway_exporter_queue_spans{pod="gw-0",exporter="tempo"} 10
+vispyr_gateway_exporter_queue_capacity_spans{pod="gw-0",exporter="tempo"} 1000
+vispyr_gateway_exporter_sent_samples_total{pod="gw-0",exporter="prometheus"} 100
+vispyr_gateway_exporter_retried_samples_total{pod="gw-0",exporter="prometheus"} 1
+vispyr_gateway_exporter_dropped_samples_total{pod="gw-0",exporter="prometheus"} 1
+vispyr_gateway_exporter_queue_samples{pod="gw-0",exporter="prometheus"} 10
+vispyr_gateway_exporter_queue_capacity_samples{pod="gw-0",exporter="prometheus"} 1000
+vispyr_gateway_exporter_sent_profiles_total{pod="gw-0",exporter="pyroscope"} 100
+vispyr_gateway_exporter_retried_profiles_total{pod="gw-0",exporter="pyroscope"} 1
+vispyr_gateway_exporter_dropped_profiles_total{pod="gw-0",exporter="pyroscope"} 1
+vispyr_gateway_exporter_queue_profiles{pod="gw-0",exporter="pyroscope"} 10
+vispyr_gateway_exporter_queue_capacity_profiles{pod="gw-0",exporter="pyroscope"} 1000
+vispyr_gateway_ring_members{pod="gw-0"} 2
+vispyr_gateway_ring_routed_spans_total{pod="gw-0",owner="remote"} 10
+vispyr_gateway_ring_forward_errors_total{pod="gw-0",reason="unreachable"} 1
+vispyr_gateway_ring_membership_changes_total{pod="gw-0"} 1
+vispyr_profiler_samples_total{node="node-1"} 99
+vispyr_profiler_samples_dropped_total{node="node-1"} 1
+vispyr_profiler_stack_collisions_total{node="node-1",stack="user"} 1
+vispyr_profiler_stack_errors_total{node="node-1",stack="kernel"} 1
+vispyr_node_agent_exporter_sent_items_total{node="node-1",signal="profiles"} 10
+vispyr_node_agent_exporter_dropped_items_total{node="node-1",signal="profiles",reason="buffer_full"} 1
+vispyr_operator_admissions_total{pod="op-0",outcome="injected"} 5
+vispyr_operator_admission_duration_seconds_bucket{pod="op-0",le="+Inf"} 5
+vispyr_operator_reconciles_total{pod="op-0"} 5
+vispyr_operator_reconcile_errors_total{pod="op-0"} 1
+"#;
+
+/// `name{k="v",...} factor` lines; values hold no `"`.
+fn parse_fixture() -> Vec<(BTreeMap<String, String>, f64)> {
+    FIXTURE
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let (name, rest) = line.split_once('{').expect("name{labels} factor");
+            let (labels, factor) = rest.rsplit_once("} ").expect("name{labels} factor");
+            let mut set: BTreeMap<String, String> = labels
+                .split("\",")
+                .map(|pair| {
+                    let (k, v) = pair.split_once("=\"").expect("k=\"v\"");
+                    (k.to_string(), v.trim_end_matches('"').to_string())
+                })
+                .collect();
+            set.insert("__name__".into(), name.to_string());
+            (set, factor.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// Writes the fixture twice, a minute apart, so that rates have two points.
+async fn write_fixture(prometheus: &Prometheus) {
+    let series = parse_fixture();
+    let now = SystemTime::now();
+    for (at, times) in [(now - Duration::from_secs(60), 1.0), (now, 2.0)] {
+        let samples: Vec<_> = series.iter().map(|(l, f)| (l.clone(), f * times)).collect();
+        prometheus
+            .remote_write_at(&samples, at)
+            .await
+            .expect("fixture written");
+    }
+}
+
+/// Every query goes to a real Prometheus, started with the chart's own
+/// prometheus.yml (so that file loads too), or to a real Pyroscope. No
+/// query may fail to parse, and every PromQL query returns data from series
+/// shaped as the pipeline writes them (a wrong name, label or join fails).
 #[tokio::test]
-async fn every_dashboard_query_parses_in_the_real_backends() {
+async fn every_dashboard_query_runs_in_the_real_backends() {
     let rendered = objects(&render(&[]).unwrap());
     let config = find(&rendered, "ConfigMap", "vispyr-prometheus")["data"]["prometheus.yml"]
         .as_str()
@@ -611,15 +725,50 @@ async fn every_dashboard_query_parses_in_the_real_backends() {
     let (prometheus, pyroscope) =
         tokio::try_join!(Prometheus::start_with_config(&config), Pyroscope::start())
             .expect("Prometheus (with the chart's config) and Pyroscope start");
+    write_fixture(&prometheus).await;
+    // A profile as the node agent sends it, the leaf frame's kind on each sample.
+    pyroscope
+        .push_otlp(&cpu_profile(
+            &[("service.name", SERVICE), ("k8s.pod.name", "checkout-1")],
+            &[("frame.kind", "js")],
+            3,
+        ))
+        .await
+        .expect("profile pushed");
+    let frame_kinds = eventually(Duration::from_secs(30), || async {
+        let values = pyroscope
+            .label_values("frame_kind")
+            .await
+            .map_err(|e| e.to_string())?;
+        if values.is_empty() {
+            Err("the profile is not queryable yet".to_string())
+        } else {
+            Ok(values)
+        }
+    })
+    .await
+    .expect("a frame_kind label in Pyroscope");
+    assert_eq!(frame_kinds, ["js"]);
     let now = SystemTime::now();
     let mut failures = Vec::new();
     for (what, query) in queries() {
         let result = match &query {
-            Query::PromQL(q) => prometheus.query(q).await.map(drop),
-            Query::Profiles(selector) => pyroscope
-                .merged_profile(CPU_PROFILE, selector, now - Duration::from_secs(3600), now)
+            Query::PromQL(q) => match prometheus.query(q).await {
+                Ok(series) if series.is_empty() => Err(format!("no data for {q}")),
+                other => other.map(drop).map_err(|e| e.to_string()),
+            },
+            Query::Profiles(selector) => match pyroscope
+                .merged_profile(
+                    CPU_PROFILE,
+                    selector,
+                    now - Duration::from_secs(3600),
+                    now + Duration::from_secs(60),
+                )
                 .await
-                .map(drop),
+            {
+                Ok(flamegraph) if flamegraph.total == 0 => Err(format!("no data for {selector}")),
+                other => other.map(drop).map_err(|e| e.to_string()),
+            },
         };
         if let Err(e) = result {
             failures.push(format!("{what}: {e}"));
