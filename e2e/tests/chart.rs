@@ -516,12 +516,22 @@ fn queries() -> Vec<(String, Query)> {
             }
         }
         let mut ids = BTreeSet::new();
+        const PANEL_TYPES: [&str; 6] = [
+            "row",
+            "timeseries",
+            "table",
+            "stat",
+            "nodeGraph",
+            "flamegraph",
+        ];
         for panel in panels(&dashboard) {
             assert!(
                 ids.insert(panel["id"].as_i64().unwrap()),
                 "{name}: duplicate panel id"
             );
-            if panel["type"] == "row" {
+            let kind = panel["type"].as_str().unwrap_or_default();
+            assert!(PANEL_TYPES.contains(&kind), "{name}: panel type {kind:?}");
+            if kind == "row" {
                 continue;
             }
             let what = format!("panel {}", panel["title"]);
