@@ -71,7 +71,7 @@ golden: deps
 # The chart's copy of config/grafana (Helm reads only files inside the chart),
 # its golden renders (charts/vispyr/tests/golden) and the values section of
 # its README (from values.schema.json): review the diff.
-chart-golden: deps
+chart-golden: tools
 	rm -rf charts/vispyr/files/grafana
 	mkdir -p charts/vispyr/files
 	cp -R config/grafana charts/vispyr/files/grafana
