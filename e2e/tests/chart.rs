@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::api::authorization::v1::SelfSubjectRulesReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, ListParams, PostParams, WatchParams};
@@ -985,4 +986,56 @@ async fn every_render_applies_and_each_component_has_only_its_rbac() {
             .list(&lp)
             .await,
     );
+
+    // None of them may change anything, anywhere: the apiserver's own
+    // summary of each identity's rules holds no verb but get/list/watch.
+    for (name, client) in [
+        ("gateway", &gateway),
+        ("node-agent", &agent),
+        ("prometheus", &prometheus),
+        ("grafana", &grafana),
+    ] {
+        for namespace in [NAMESPACE, "default"] {
+            let writes = write_rules(client, namespace).await;
+            assert!(
+                writes.is_empty(),
+                "{name} may write in {namespace}: {writes:?}"
+            );
+        }
+    }
+}
+
+/// Resource rules of the client's identity in `namespace` that allow more
+/// than reading, leaving out the self-review APIs every user may call.
+async fn write_rules(client: &kube::Client, namespace: &str) -> Vec<String> {
+    let review: SelfSubjectRulesReview =
+        serde_json::from_value(json!({"spec": {"namespace": namespace}})).unwrap();
+    let status = Api::<SelfSubjectRulesReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("a rules review")
+        .status
+        .expect("with a status");
+    assert!(!status.incomplete, "{status:?}");
+    status
+        .resource_rules
+        .into_iter()
+        .filter(|rule| {
+            let groups = rule.api_groups.clone().unwrap_or_default();
+            !groups
+                .iter()
+                .all(|g| g == "authorization.k8s.io" || g == "authentication.k8s.io")
+        })
+        .filter(|rule| {
+            rule.verbs
+                .iter()
+                .any(|v| !matches!(v.as_str(), "get" | "list" | "watch"))
+        })
+        .map(|rule| {
+            format!(
+                "{:?} {:?} {:?}",
+                rule.verbs, rule.api_groups, rule.resources
+            )
+        })
+        .collect()
 }
