@@ -21,6 +21,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use vispyr_e2e::fixtures::cpu_profile;
+use vispyr_e2e::process::{Process, free_port};
 use vispyr_e2e::{Prometheus, Pyroscope, TestCluster, eventually, golden, tool};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -786,6 +787,52 @@ async fn every_dashboard_query_runs_in_the_real_backends() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The Nodes dashboard reads what node_exporter exposes, under the same
+/// names (the node agent mirrors them): every `node_*` metric it queries is
+/// served by the real node_exporter on this machine.
+#[tokio::test]
+async fn nodes_dashboard_reads_node_exporter_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(tool("node_exporter").unwrap());
+    cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    let mut exporter = Process::spawn("node_exporter", cmd, &dir.path().join("log")).unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let http = reqwest::Client::new();
+    exporter
+        .wait_ready(Duration::from_secs(30), || async {
+            matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
+        })
+        .await
+        .expect("node_exporter serves /metrics");
+    let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+    let served: BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let queried: BTreeSet<String> = queries()
+        .into_iter()
+        .filter(|(what, _)| what.starts_with("node-host.json"))
+        .filter_map(|(_, q)| match q {
+            Query::PromQL(q) => Some(q),
+            Query::Profiles(_) => None,
+        })
+        .flat_map(|q| {
+            q.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("node_"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(queried.len() >= 10, "{queried:?}");
+    let missing: Vec<_> = queried
+        .iter()
+        .filter(|m| !served.contains(m.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not node_exporter names: {missing:?}");
 }
 
 const SA_GROUPS: [&str; 3] = [
