@@ -1,9 +1,10 @@
 //! The Helm chart as a whole (the operator's own RBAC is tested by
 //! operator/tests/chart.rs): it lints, renders exactly the reviewed golden
-//! files, every rendered object is accepted by a real apiserver, each
-//! component's ServiceAccount can do its job and nothing more, its Grafana
-//! files are config/grafana, every dashboard query parses in a real
-//! Prometheus, and the README documents every value of the schema.
+//! files, installs with helm and every render is accepted by a real
+//! apiserver, each component's ServiceAccount can do its job and nothing
+//! more, its Grafana files are config/grafana, every dashboard query returns
+//! data in a real Prometheus and Pyroscope fed like the pipeline feeds them,
+//! and the README documents every value of the schema.
 //!
 //! `make chart-golden` rewrites the golden renders, the README's values
 //! section and the chart's copy of config/grafana.
