@@ -225,6 +225,70 @@ fn node_agent_is_never_privileged_and_mounts_the_host_read_only() {
     }
 }
 
+/// Every in-cluster URL the default render configures (the gateway's
+/// exporters, the node agent's exporter, Grafana's datasources, the default
+/// instrumentation's endpoint) names a Service of the render on a port it
+/// exposes, and the gateway's ring names the headless Service of its pods.
+#[test]
+fn every_configured_address_is_a_rendered_service() {
+    let text = render(&[]).unwrap();
+    let objects = objects(&text);
+    let suffix = format!(".{NAMESPACE}.svc:");
+    let mut urls = BTreeSet::new();
+    for (at, _) in text.match_indices("http://") {
+        let rest = &text[at + "http://".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "-.:".contains(c)))
+            .unwrap_or(rest.len());
+        if let Some((service, port)) = rest[..end].split_once(&suffix) {
+            urls.insert((service.to_string(), port.to_string()));
+        }
+    }
+    let expected: BTreeSet<(String, String)> = [
+        ("vispyr-gateway", "4317"),
+        ("vispyr-gateway", "4318"),
+        ("vispyr-tempo", "4317"),
+        ("vispyr-tempo", "3200"),
+        ("vispyr-prometheus", "9090"),
+        ("vispyr-pyroscope", "4040"),
+    ]
+    .iter()
+    .map(|(s, p)| (s.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(urls, expected);
+    for (service, port) in &urls {
+        let svc = find(&objects, "Service", service);
+        let ports: Vec<String> = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].to_string())
+            .collect();
+        assert!(
+            ports.contains(port),
+            "{service} does not expose {port}: {ports:?}"
+        );
+    }
+    let config: Value = serde_yaml::from_str(
+        find(&objects, "ConfigMap", "vispyr-gateway")["data"]["gateway.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let ring = find(
+        &objects,
+        "Service",
+        config["ring"]["service"].as_str().unwrap(),
+    );
+    assert_eq!(ring["spec"]["clusterIP"], "None");
+    assert_eq!(ring["spec"]["ports"][0]["name"], "ring");
+    let gateway = find(&objects, "Deployment", "vispyr-gateway");
+    assert_eq!(
+        ring["spec"]["selector"], gateway["spec"]["selector"]["matchLabels"],
+        "the ring Service selects the gateway pods"
+    );
+}
+
 /// The chart carries a copy of config/grafana (Helm reads files inside the
 /// chart only); the copy must be exact.
 #[test]
