@@ -826,6 +826,25 @@ async fn every_dashboard_query_runs_in_the_real_backends() {
     .await
     .expect("a frame_kind label in Pyroscope");
     assert_eq!(frame_kinds, ["js"]);
+    // Tempo's traces-to-profiles maps span attributes to these label names.
+    let (_, file) = datasources();
+    let tempo = file["datasources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"] == "tempo")
+        .unwrap();
+    for tag in tempo["jsonData"]["tracesToProfiles"]["tags"]
+        .as_array()
+        .unwrap()
+    {
+        let label = tag["value"].as_str().unwrap();
+        let values = pyroscope.label_values(label).await.unwrap();
+        assert!(
+            !values.is_empty(),
+            "traces-to-profiles label {label} is not in Pyroscope"
+        );
+    }
     let now = SystemTime::now();
     let mut failures = Vec::new();
     for (what, query) in queries() {
