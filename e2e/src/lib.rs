@@ -16,7 +16,7 @@ pub mod process;
 mod tools;
 
 pub use backends::{Backends, Flamegraph, Prometheus, Pyroscope, TraceSpan, TraceStore};
-pub use cluster::TestCluster;
+pub use cluster::{TestCluster, assert_allowed, assert_forbidden};
 pub use error::Error;
 pub use eventually::eventually;
-pub use tools::tool;
+pub use tools::{helm, tool};

@@ -23,7 +23,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use vispyr_e2e::fixtures::cpu_profile;
 use vispyr_e2e::process::{Process, free_port};
-use vispyr_e2e::{Prometheus, Pyroscope, TestCluster, eventually, golden, tool};
+use vispyr_e2e::{
+    Prometheus, Pyroscope, TestCluster, assert_allowed, assert_forbidden, eventually, golden, tool,
+};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const NAMESPACE: &str = "vispyr-system";
@@ -75,19 +77,7 @@ const CASES: &[(&str, &[&str])] = &[
 ];
 
 fn helm(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(tool("helm").map_err(|e| e.to_string())?)
-        .args(args)
-        .output()
-        .map_err(|e| format!("running helm: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "helm {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    vispyr_e2e::helm(args).map_err(|e| e.to_string())
 }
 
 /// `helm template` of the chart with `sets`, in the release namespace.
@@ -925,19 +915,6 @@ const SA_GROUPS: [&str; 3] = [
     "system:authenticated",
 ];
 
-fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
-    match result {
-        Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
-    }
-}
-
-fn allowed<T>(what: &str, result: Result<T, kube::Error>) {
-    if let Err(e) = result {
-        panic!("{what}: {e}");
-    }
-}
-
 #[tokio::test]
 async fn every_render_applies_and_each_component_has_only_its_rbac() {
     let cluster = TestCluster::start().await.expect("control plane starts");
@@ -1039,13 +1016,13 @@ async fn every_render_applies_and_each_component_has_only_its_rbac() {
     );
 
     // Gateway: the ring's EndpointSlices of its namespace, nothing else.
-    allowed(
+    assert_allowed(
         "gateway lists EndpointSlices of its namespace",
         Api::<EndpointSlice>::namespaced(gateway.clone(), NAMESPACE)
             .list(&lp)
             .await,
     );
-    allowed(
+    assert_allowed(
         "gateway watches EndpointSlices of its namespace",
         Api::<EndpointSlice>::namespaced(gateway.clone(), NAMESPACE)
             .watch(
@@ -1054,19 +1031,19 @@ async fn every_render_applies_and_each_component_has_only_its_rbac() {
             )
             .await,
     );
-    forbidden(
+    assert_forbidden(
         "gateway lists EndpointSlices elsewhere",
         Api::<EndpointSlice>::namespaced(gateway.clone(), "default")
             .list(&lp)
             .await,
     );
-    forbidden(
+    assert_forbidden(
         "gateway reads Secrets",
         Api::<Secret>::namespaced(gateway.clone(), NAMESPACE)
             .list(&lp)
             .await,
     );
-    forbidden(
+    assert_forbidden(
         "gateway reads pods",
         Api::<Pod>::namespaced(gateway.clone(), NAMESPACE)
             .list(&lp)
@@ -1074,44 +1051,44 @@ async fn every_render_applies_and_each_component_has_only_its_rbac() {
     );
 
     // Node agent: reads pods (of its node), writes nothing, no Secrets.
-    allowed(
+    assert_allowed(
         "node agent lists pods of every namespace",
         Api::<Pod>::all(agent.clone())
             .list(&ListParams::default().fields("spec.nodeName=node-1"))
             .await,
     );
-    allowed(
+    assert_allowed(
         "node agent watches pods of its node",
         Api::<Pod>::all(agent.clone())
             .watch(&WatchParams::default().fields("spec.nodeName=node-1"), "0")
             .await,
     );
-    forbidden(
+    assert_forbidden(
         "node agent deletes a pod",
         Api::<Pod>::namespaced(agent.clone(), "default")
             .delete("x", &Default::default())
             .await,
     );
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
-    forbidden(
+    assert_forbidden(
         "node agent creates a ConfigMap",
         Api::<ConfigMap>::namespaced(agent.clone(), NAMESPACE)
             .create(&PostParams::default(), &cm)
             .await,
     );
-    forbidden(
+    assert_forbidden(
         "node agent reads Secrets",
         Api::<Secret>::all(agent.clone()).list(&lp).await,
     );
 
     // Prometheus: discovers the pods of the release namespace only.
-    allowed(
+    assert_allowed(
         "prometheus lists pods of its namespace",
         Api::<Pod>::namespaced(prometheus.clone(), NAMESPACE)
             .list(&lp)
             .await,
     );
-    forbidden(
+    assert_forbidden(
         "prometheus lists pods elsewhere",
         Api::<Pod>::namespaced(prometheus.clone(), "default")
             .list(&lp)
@@ -1119,7 +1096,7 @@ async fn every_render_applies_and_each_component_has_only_its_rbac() {
     );
 
     // Grafana, like Tempo and Pyroscope, has no API access at all.
-    forbidden(
+    assert_forbidden(
         "grafana lists ConfigMaps",
         Api::<ConfigMap>::namespaced(grafana.clone(), NAMESPACE)
             .list(&lp)
