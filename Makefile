@@ -90,9 +90,11 @@ demo:
 
 fmt:
 	cargo fmt --all
+	cargo fmt --manifest-path ebpf/vispyr-ebpf/Cargo.toml
 
 lint: deps
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path ebpf/vispyr-ebpf/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 clean-tools:

@@ -4,6 +4,7 @@
 //! - [`TestCluster`]: etcd + kube-apiserver (RBAC, service accounts, admission
 //!   webhooks) and a `kube::Client` for it.
 //! - [`Backends`]: Prometheus, the trace store and Pyroscope, with query helpers.
+//! - [`NodeExporter`]: the reference for the node-agent's host metrics.
 
 mod backends;
 mod cluster;
@@ -15,7 +16,9 @@ mod pki;
 pub mod process;
 mod tools;
 
-pub use backends::{Backends, Flamegraph, Prometheus, Pyroscope, TraceSpan, TraceStore};
+pub use backends::{
+    Backends, Flamegraph, NodeExporter, Prometheus, Pyroscope, TraceSpan, TraceStore,
+};
 pub use cluster::{TestCluster, assert_allowed, assert_forbidden};
 pub use error::Error;
 pub use eventually::eventually;

@@ -21,6 +21,7 @@ pub struct Config {
     /// How long the drain on SIGTERM may take to flush the queues.
     pub drain_timeout_ms: u64,
     pub exporters: Exporters,
+    pub ring: Ring,
 }
 
 impl Default for Config {
@@ -32,6 +33,7 @@ impl Default for Config {
             max_request_bytes: 8 * 1024 * 1024,
             drain_timeout_ms: 20_000,
             exporters: Exporters::default(),
+            ring: Ring::default(),
         }
     }
 }
@@ -39,6 +41,50 @@ impl Default for Config {
 impl Config {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+/// The hash ring: off unless `peers` or `service` names the members.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ring {
+    /// Where the ring service (forwarded spans, series deltas) listens.
+    pub addr: SocketAddr,
+    /// This member's `host:port` as the others reach it (in Kubernetes
+    /// `$(POD_IP):4319`); defaults to `addr` when that is not a wildcard.
+    pub advertise: Option<String>,
+    /// Static membership: every member's `host:port`, this one included or not.
+    pub peers: Vec<String>,
+    /// Kubernetes membership: the headless Service whose EndpointSlices list
+    /// the members (ready endpoints only; the port named `ring`, else `addr`'s).
+    pub service: Option<String>,
+    /// The Service's namespace; defaults to the pod's own.
+    pub namespace: Option<String>,
+    /// Deadline of one forward, which the owner answers once it exported the spans.
+    pub forward_timeout_ms: u64,
+    /// How often an unreachable member is probed until it answers again.
+    pub probe_interval_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Ring {
+            addr: SocketAddr::from(([0, 0, 0, 0], 4319)),
+            advertise: None,
+            peers: Vec::new(),
+            service: None,
+            namespace: None,
+            forward_timeout_ms: 15_000,
+            probe_interval_ms: 500,
+            connect_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl Ring {
+    pub fn enabled(&self) -> bool {
+        !self.peers.is_empty() || self.service.is_some()
     }
 }
 
@@ -98,6 +144,8 @@ mod tests {
         assert_eq!(c.admin_addr.port(), 8888);
         assert_eq!(c.max_request_bytes, 8 << 20);
         assert!(c.exporters.traces.endpoint.is_none());
+        assert_eq!(c.ring.addr.port(), 4319);
+        assert!(!c.ring.enabled());
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! queued requests and sends them to an OTLP/gRPC endpoint, retrying with
 //! exponential backoff on retryable errors only.
 //!
-//! A span counts against the capacity from the moment a client's request is
-//! queued until the backend accepted it or it was dropped, so the queue bounds
-//! memory, and a full queue is what clients see as backpressure.
+//! A span counts against the capacity from the moment room for a client's
+//! request is reserved until the backend accepted it or it was dropped, so
+//! the queue bounds memory, and a full queue is what clients see as
+//! backpressure. A request may ask for a [`Receipt`]: it resolves once the
+//! spans are settled (how the owner of forwarded spans acknowledges them only
+//! after export).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -16,7 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -42,15 +45,23 @@ pub enum ExporterError {
 struct Item {
     spans: u64,
     resource_spans: Vec<ResourceSpans>,
+    settled: Option<oneshot::Sender<bool>>,
 }
+
+/// Resolves to `true` once the backend took the spans or refused them for
+/// good (retrying would not help), `false` when they were given up while
+/// retryable (retries exhausted, drain timeout): the sender may retry.
+pub type Receipt = oneshot::Receiver<bool>;
 
 #[derive(Default)]
 struct State {
     items: VecDeque<Item>,
     /// Spans of `items`.
     queued: u64,
-    /// Queued plus being sent: what counts against the capacity.
+    /// Reserved, queued or being sent: what counts against the capacity.
     held: u64,
+    /// Queued items whose sender waits for their receipt.
+    waiting: usize,
     closed: bool,
 }
 
@@ -83,7 +94,14 @@ impl TraceQueue {
     /// Queues one client request; once this returns `Ok` the spans are the
     /// exporter's responsibility and the client may be acknowledged.
     pub fn push(&self, resource_spans: Vec<ResourceSpans>) -> Result<(), Refusal> {
-        let spans = span_count(&resource_spans);
+        self.reserve(span_count(&resource_spans))?
+            .commit(resource_spans, false);
+        Ok(())
+    }
+
+    /// Makes room for `spans` spans, or says why not; the room is given back
+    /// if the reservation is dropped uncommitted.
+    pub fn reserve(&self, spans: u64) -> Result<Reservation<'_>, Refusal> {
         if spans > self.capacity {
             return Err(Refusal::OverCapacity {
                 spans,
@@ -102,18 +120,19 @@ impl TraceQueue {
             });
         }
         state.held += spans;
-        state.queued += spans;
-        state.items.push_back(Item {
+        self.set_gauge(&state);
+        Ok(Reservation {
+            queue: self,
             spans,
-            resource_spans,
-        });
+            committed: false,
+        })
+    }
+
+    fn set_gauge(&self, state: &State) {
         self.metrics
             .queue_spans
             .get_or_create(&LABELS)
             .set(state.held as i64);
-        drop(state);
-        self.notify.notify_one();
-        Ok(())
     }
 
     /// Refuses further pushes; what is queued is still sent.
@@ -128,15 +147,15 @@ impl TraceQueue {
 
     /// Takes the next batch: waits for a first request, then up to
     /// `linger` for `max_spans` to gather (not when closed). `None` once
-    /// closed and empty.
-    async fn take(&self, max_spans: u64, linger: Duration) -> Option<(u64, Vec<ResourceSpans>)> {
+    /// closed and empty, with no reservation left to commit.
+    async fn take(&self, max_spans: u64, linger: Duration) -> Option<Batch> {
         loop {
             {
                 let state = self.lock();
                 if !state.items.is_empty() {
                     break;
                 }
-                if state.closed {
+                if state.closed && state.held == 0 {
                     return None;
                 }
             }
@@ -146,7 +165,10 @@ impl TraceQueue {
         loop {
             {
                 let state = self.lock();
-                if state.closed || state.queued >= max_spans {
+                // Someone waits for a receipt (another member holding its
+                // client): send now; batches still form while a send is
+                // in flight.
+                if state.closed || state.queued >= max_spans || state.waiting > 0 {
                     break;
                 }
             }
@@ -158,43 +180,95 @@ impl TraceQueue {
             }
         }
         let mut state = self.lock();
-        let mut spans = 0;
-        let mut batch = Vec::new();
+        let mut batch = Batch::default();
         while let Some(front) = state.items.front() {
-            if spans > 0 && spans + front.spans > max_spans {
+            if batch.spans > 0 && batch.spans + front.spans > max_spans {
                 break;
             }
             let item = state.items.pop_front().expect("front exists");
-            spans += item.spans;
-            batch.extend(item.resource_spans);
+            batch.spans += item.spans;
+            batch.resource_spans.extend(item.resource_spans);
+            if let Some(tx) = item.settled {
+                state.waiting -= 1;
+                batch.settled.push(tx);
+            }
         }
-        state.queued -= spans;
-        Some((spans, batch))
+        state.queued -= batch.spans;
+        Some(batch)
     }
 
     /// The spans of a taken batch are gone: sent or dropped.
     fn release(&self, spans: u64) {
         let mut state = self.lock();
         state.held -= spans;
-        self.metrics
-            .queue_spans
-            .get_or_create(&LABELS)
-            .set(state.held as i64);
+        self.set_gauge(&state);
+        if state.closed && state.held == 0 {
+            // The worker may wait for the last reservation.
+            drop(state);
+            self.notify.notify_one();
+        }
     }
 
     /// Drops everything still queued (drain timed out); returns the span count.
     fn discard(&self) -> u64 {
         let mut state = self.lock();
         let spans = state.queued;
+        // Dropping the items drops their receipts' senders: "given up".
         state.items.clear();
+        state.waiting = 0;
         state.queued = 0;
         state.held -= spans;
-        self.metrics
-            .queue_spans
-            .get_or_create(&LABELS)
-            .set(state.held as i64);
+        self.set_gauge(&state);
         spans
     }
+}
+
+/// Room in the queue for one request, held until committed or dropped.
+pub struct Reservation<'a> {
+    queue: &'a TraceQueue,
+    spans: u64,
+    committed: bool,
+}
+
+impl Reservation<'_> {
+    /// Queues the spans (as many as reserved); with `receipt`, returns what
+    /// resolves once they are settled.
+    pub fn commit(mut self, resource_spans: Vec<ResourceSpans>, receipt: bool) -> Option<Receipt> {
+        let (settled, receipt) = match receipt {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        self.committed = true;
+        let mut state = self.queue.lock();
+        state.queued += self.spans;
+        state.waiting += usize::from(settled.is_some());
+        state.items.push_back(Item {
+            spans: self.spans,
+            resource_spans,
+            settled,
+        });
+        drop(state);
+        self.queue.notify.notify_one();
+        receipt
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.queue.release(self.spans);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    spans: u64,
+    resource_spans: Vec<ResourceSpans>,
+    settled: Vec<oneshot::Sender<bool>>,
 }
 
 pub struct TraceExporter {
@@ -233,11 +307,14 @@ impl TraceExporter {
                 next = queue.take(self.config.batch_spans.max(1), linger) => next,
                 () = abort.cancelled() => break,
             };
-            let Some((spans, resource_spans)) = next else {
+            let Some(batch) = next else {
                 break;
             };
-            self.send(spans, resource_spans, &abort).await;
-            queue.release(spans);
+            let settled = self.send(batch.spans, batch.resource_spans, &abort).await;
+            queue.release(batch.spans);
+            for tx in batch.settled {
+                let _ = tx.send(settled);
+            }
         }
         let left = queue.discard();
         if left > 0 {
@@ -250,12 +327,13 @@ impl TraceExporter {
     }
 
     /// Sends one batch, retrying retryable failures; counts the outcome.
+    /// `false` when it was given up while the error was still retryable.
     async fn send(
         &mut self,
         spans: u64,
         resource_spans: Vec<ResourceSpans>,
         abort: &CancellationToken,
-    ) {
+    ) -> bool {
         // Encoded once: a retry resends these bytes instead of a deep copy of
         // the batch.
         let request = Bytes::from(ExportTraceServiceRequest { resource_spans }.encode_to_vec());
@@ -294,7 +372,7 @@ impl TraceExporter {
                         .sent_spans
                         .get_or_create(&LABELS)
                         .inc_by(spans - rejected_spans);
-                    return;
+                    return true;
                 }
                 Err(status) => status,
             };
@@ -312,7 +390,7 @@ impl TraceExporter {
                     .dropped_spans
                     .get_or_create(&LABELS)
                     .inc_by(spans);
-                return;
+                return !retry;
             }
             let delay = hint.unwrap_or(backoff);
             attempts += 1;
@@ -357,14 +435,18 @@ impl TraceExporter {
         let path = http::uri::PathAndQuery::from_static(
             "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
         );
-        self.client
-            .unary(request, path, PreEncoded(std::marker::PhantomData))
-            .await
+        self.client.unary(request, path, PreEncoded::new()).await
     }
 }
 
 /// Sends an already encoded request; decodes the response with prost.
-struct PreEncoded<R>(std::marker::PhantomData<fn() -> R>);
+pub(crate) struct PreEncoded<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R> PreEncoded<R> {
+    pub(crate) fn new() -> Self {
+        PreEncoded(std::marker::PhantomData)
+    }
+}
 
 impl<R: Message + Default + Send + 'static> Codec for PreEncoded<R> {
     type Encode = Bytes;
@@ -432,18 +514,55 @@ mod tests {
             Err(Refusal::OverCapacity { .. })
         ));
         // A batch of at most 5 spans takes one request of 4 (never splits one).
-        let (n, _) = q.take(5, Duration::ZERO).await.unwrap();
+        let n = q.take(5, Duration::ZERO).await.unwrap().spans;
         assert_eq!(n, 4);
         // Taken but not yet sent still counts.
         assert!(q.push(spans(4)).is_err());
         q.release(n);
         q.push(spans(4)).unwrap();
-        let (n, batch) = q.take(100, Duration::ZERO).await.unwrap();
-        assert_eq!((n, batch.len()), (8, 2));
-        q.release(n);
+        let batch = q.take(100, Duration::ZERO).await.unwrap();
+        assert_eq!((batch.spans, batch.resource_spans.len()), (8, 2));
+        q.release(batch.spans);
         q.close();
         assert_eq!(q.push(spans(1)), Err(Refusal::Draining));
         assert!(q.take(100, Duration::ZERO).await.is_none());
         assert_eq!(q.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn reservations_count_and_receipts_settle() {
+        let q = TraceQueue::new(10, Metrics::default());
+        let r = q.reserve(6).unwrap();
+        assert!(matches!(q.reserve(5), Err(Refusal::QueueFull { .. })));
+        drop(r);
+        assert_eq!(
+            q.held(),
+            0,
+            "an uncommitted reservation gives its room back"
+        );
+
+        let receipt = q.reserve(3).unwrap().commit(spans(3), true).unwrap();
+        // Nobody waits an hour's linger when a sender waits for its receipt.
+        let batch = tokio::time::timeout(
+            Duration::from_secs(10),
+            q.take(100, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("no linger")
+        .unwrap();
+        for tx in batch.settled {
+            tx.send(true).unwrap();
+        }
+        assert_eq!(receipt.await, Ok(true));
+
+        // Closed with a reservation still open: the worker waits for it.
+        let r = q.reserve(2).unwrap();
+        q.release(3);
+        q.close();
+        let late = r.commit(spans(2), true).unwrap();
+        let batch = q.take(100, Duration::ZERO).await.unwrap();
+        assert_eq!(batch.spans, 2);
+        drop(batch);
+        assert!(late.await.is_err(), "a dropped batch is not settled");
     }
 }

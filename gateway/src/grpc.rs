@@ -76,7 +76,7 @@ where
             }
             let mut accept = EnabledCompressionEncodings::default();
             accept.enable(CompressionEncoding::Gzip);
-            let mut grpc = Grpc::new(RawCodec::<S::Response>(PhantomData))
+            let mut grpc = Grpc::new(RawCodec::<S::Response>::new())
                 .apply_compression_config(accept, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(this.max_request_bytes), None);
             let pipeline = this.pipeline.clone();
@@ -134,7 +134,7 @@ impl<S: Signal> UnaryService<Bytes> for Export<S> {
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
             let result = match S::Request::decode(request.into_inner()) {
-                Ok(decoded) => pipeline.accept::<S>(decoded, "grpc"),
+                Ok(decoded) => pipeline.accept::<S>(decoded, "grpc").await,
                 Err(e) => Err(pipeline.refused(
                     S::NAME,
                     "grpc",
@@ -149,7 +149,13 @@ impl<S: Signal> UnaryService<Bytes> for Export<S> {
 }
 
 /// Hands the message bytes to the service undecoded; encodes responses with prost.
-struct RawCodec<R>(PhantomData<fn() -> R>);
+pub(crate) struct RawCodec<R>(PhantomData<fn() -> R>);
+
+impl<R> RawCodec<R> {
+    pub(crate) fn new() -> Self {
+        RawCodec(PhantomData)
+    }
+}
 
 impl<R: Message + Send + 'static> Codec for RawCodec<R> {
     type Encode = R;

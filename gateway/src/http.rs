@@ -68,7 +68,7 @@ async fn export<S: Signal>(
     };
     let result = match read_body(&headers, body, receiver.max_request_bytes).await {
         Ok(bytes) => match decode::<S>(format, &bytes) {
-            Ok(request) => receiver.pipeline.accept::<S>(request, "http"),
+            Ok(request) => receiver.pipeline.accept::<S>(request, "http").await,
             Err(refusal) => Err(receiver.pipeline.refused(S::NAME, "http", refusal)),
         },
         Err(refusal) => Err(receiver.pipeline.refused(S::NAME, "http", refusal)),

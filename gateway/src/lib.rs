@@ -1,7 +1,8 @@
 //! vispyr-gateway: OTLP receivers (gRPC and HTTP) for traces, metrics, logs
-//! and profiles, and the traces exporter to an OTLP/gRPC backend (Tempo).
-//! The hash ring, span metrics and the other exporters arrive later: see
-//! README.md for what is not exported yet.
+//! and profiles, the hash ring that sends each span to the replica owning
+//! its trace ID, and the traces exporter to an OTLP/gRPC backend (Tempo).
+//! Span metrics and the other exporters arrive later: see README.md for
+//! what is not exported yet.
 
 pub mod config;
 pub mod exporter;
@@ -10,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
+pub mod ring;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ pub use config::Config;
 
 use crate::exporter::{TraceExporter, TraceQueue};
 use crate::pipeline::Pipeline;
+use crate::ring::Ring;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -40,9 +43,12 @@ pub enum GatewayError {
     Serve(&'static str, #[source] BoxError),
 }
 
-/// Runs the gateway until `shutdown`, then drains: readiness false, the
-/// receivers stop taking requests (finishing those in flight), the queue is
-/// flushed for up to `drain_timeout_ms`, then the admin server stops.
+/// Runs the gateway until `shutdown`, then drains: readiness false, it
+/// leaves the ring (other members route around it; new forwards to it are
+/// refused as UNAVAILABLE), the receivers stop taking requests (finishing
+/// those in flight, forwards included), the queue is flushed to the backend
+/// for up to `drain_timeout_ms` (never handed to another member, so nothing
+/// is handed off twice), then the ring service and the admin server stop.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxError> {
     let mut registry = Registry::default();
     admin::register_build_info(&mut registry, VERSION);
@@ -60,10 +66,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
             None
         }
     };
-    let pipeline = Arc::new(Pipeline::new(
-        metrics,
-        exporter.as_ref().map(|(q, _)| q.clone()),
-    ));
+    let ring = match config.ring.enabled() {
+        true => Some(Ring::start(&config.ring, metrics.ring.clone()).await?),
+        false => None,
+    };
+    let mut pipeline = Pipeline::new(metrics, exporter.as_ref().map(|(q, _)| q.clone()));
+    if let Some(ring) = &ring {
+        pipeline = pipeline.with_ring(ring.clone());
+    }
+    let pipeline = Arc::new(pipeline);
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
@@ -72,6 +83,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
     };
     let grpc_listener = bind("OTLP/gRPC", config.grpc_addr).await?;
     let http_listener = bind("OTLP/HTTP", config.http_addr).await?;
+    let ring_listener = match ring {
+        Some(_) => Some(bind("ring", config.ring.addr).await?),
+        None => None,
+    };
 
     let health = Health::new();
     let admin_stop = CancellationToken::new();
@@ -120,6 +135,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
                 .map_err(|e| GatewayError::Serve("OTLP/HTTP", e.into()))
         })
     };
+    let ring_stop = CancellationToken::new();
+    let ring_task = ring_listener.map(|listener| {
+        let stop = ring_stop.clone();
+        // A part of a request may carry more resource copies than the request.
+        let service = ring::server::RingService::new(pipeline.clone(), max.saturating_mul(2));
+        let server = tonic::transport::Server::builder().add_service(service);
+        tokio::spawn(async move {
+            server
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(|e| GatewayError::Serve("ring", e.into()))
+        })
+    });
     tracing::info!(
         grpc = %config.grpc_addr,
         http = %config.http_addr,
@@ -131,6 +162,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
     shutdown.cancelled().await;
     tracing::info!("draining");
     health.set_ready(false);
+    if let Some(ring) = &ring {
+        ring.leave();
+    }
     let deadline = tokio::time::Instant::now() + config.drain_timeout();
     receivers_stop.cancel();
     for (what, task) in [("OTLP/gRPC", grpc_task), ("OTLP/HTTP", http_task)] {
@@ -151,6 +185,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
             let _ = task.await;
         }
         tracing::info!(flushed_or_dropped = held, "traces queue drained");
+    }
+    // Forwards this member took were answered once the queue settled them.
+    ring_stop.cancel();
+    if let Some(task) = ring_task {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %vispyr_common::app::chain(&e), "ring service")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "ring service task"),
+            Err(_) => tracing::warn!("ring service still had calls at the drain deadline"),
+        }
+    }
+    if let Some(ring) = &ring {
+        ring.stop();
     }
     admin_stop.cancel();
     admin_task.await??;

@@ -29,6 +29,60 @@ pub struct SignalLabels {
     pub signal: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabels {
+    /// `local` or `remote`.
+    pub owner: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardErrorLabels {
+    /// `unreachable` (the peer left the ring), `refused` (its answer went to
+    /// the client), `unplaced` (no owner took the spans in time).
+    pub reason: &'static str,
+}
+
+/// The hash ring's metrics, under `vispyr_gateway_ring_`.
+#[derive(Clone, Default)]
+pub struct RingMetrics {
+    pub members: Gauge,
+    pub changes: Counter,
+    pub routed_spans: Family<OwnerLabels, Counter>,
+    pub received_spans: Counter,
+    pub forward_errors: Family<ForwardErrorLabels, Counter>,
+}
+
+impl RingMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("ring");
+        r.register(
+            "members",
+            "Members in this member's view of the ring (itself included while it is a member)",
+            self.members.clone(),
+        );
+        r.register(
+            "membership_changes",
+            "Times this member's view of the ring changed (each moves trace ownership)",
+            self.changes.clone(),
+        );
+        r.register(
+            "routed_spans",
+            "Spans received from clients, by owner: this member or another one",
+            self.routed_spans.clone(),
+        );
+        r.register(
+            "received_spans",
+            "Spans other members forwarded to this one, their owner",
+            self.received_spans.clone(),
+        );
+        r.register(
+            "forward_errors",
+            "Failed forwards to other members, by reason",
+            self.forward_errors.clone(),
+        );
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct Metrics {
     pub accepted_items: Family<ReceiverLabels, Counter>,
@@ -40,6 +94,7 @@ pub struct Metrics {
     pub dropped_spans: Family<ExporterLabels, Counter>,
     pub queue_spans: Family<ExporterLabels, Gauge>,
     pub queue_capacity_spans: Family<ExporterLabels, Gauge>,
+    pub ring: RingMetrics,
 }
 
 impl Metrics {
@@ -92,6 +147,7 @@ impl Metrics {
             "Spans the queue holds at most",
             m.queue_capacity_spans.clone(),
         );
+        m.ring.register(r);
         m
     }
 }

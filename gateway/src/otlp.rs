@@ -231,6 +231,19 @@ pub enum Refusal {
     OverCapacity { spans: u64, capacity: u64 },
     #[error("the gateway is shutting down; retry on another replica")]
     Draining,
+    /// The ring member owning some of the spans answered with an error.
+    #[error("ring member {member}, the owner of some of these spans, refused them: {message}")]
+    OwnerRefused {
+        member: String,
+        code: tonic::Code,
+        message: String,
+        /// Set when the owner's error is retryable.
+        retry_after: Option<Duration>,
+    },
+    #[error("no ring member took some of these spans within {0:?}; retry")]
+    Unplaced(Duration),
+    #[error("the trace backend did not take these spans in time; retry")]
+    NotExported,
 }
 
 impl Refusal {
@@ -244,6 +257,9 @@ impl Refusal {
             Refusal::QueueFull { .. } => "queue_full",
             Refusal::OverCapacity { .. } => "over_capacity",
             Refusal::Draining => "draining",
+            Refusal::OwnerRefused { .. } => "owner_refused",
+            Refusal::Unplaced(_) => "unplaced",
+            Refusal::NotExported => "not_exported",
         }
     }
 
@@ -251,7 +267,10 @@ impl Refusal {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Refusal::QueueFull { retry_after, .. } => Some(*retry_after),
-            Refusal::Draining => Some(Duration::from_secs(1)),
+            Refusal::Draining | Refusal::Unplaced(_) | Refusal::NotExported => {
+                Some(Duration::from_secs(1))
+            }
+            Refusal::OwnerRefused { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -264,7 +283,15 @@ impl Refusal {
             Refusal::UnsupportedMediaType(_) | Refusal::UnsupportedEncoding(_) => {
                 S::UNSUPPORTED_MEDIA_TYPE
             }
-            Refusal::QueueFull { .. } | Refusal::Draining => S::SERVICE_UNAVAILABLE,
+            Refusal::QueueFull { .. }
+            | Refusal::Draining
+            | Refusal::Unplaced(_)
+            | Refusal::NotExported => S::SERVICE_UNAVAILABLE,
+            Refusal::OwnerRefused {
+                retry_after: Some(_),
+                ..
+            } => S::SERVICE_UNAVAILABLE,
+            Refusal::OwnerRefused { .. } => S::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -277,7 +304,20 @@ impl Refusal {
             Refusal::TooLarge { .. } | Refusal::OverCapacity { .. } => C::ResourceExhausted,
             // With RetryInfo: retryable, after the hinted delay.
             Refusal::QueueFull { .. } => C::ResourceExhausted,
-            Refusal::Draining => C::Unavailable,
+            Refusal::Draining | Refusal::Unplaced(_) => C::Unavailable,
+            Refusal::NotExported => C::Aborted,
+            Refusal::OwnerRefused { code, .. } => *code,
+        }
+    }
+
+    /// The owner's error as the client should see it (same code, retry hint kept).
+    pub fn owner_refused(member: &str, status: &tonic::Status) -> Refusal {
+        let (retry, hint) = retryable(status);
+        Refusal::OwnerRefused {
+            member: member.to_owned(),
+            code: status.code(),
+            message: status.message().to_owned(),
+            retry_after: retry.then(|| hint.unwrap_or(Duration::from_secs(1))),
         }
     }
 

@@ -1,25 +1,88 @@
-//! Where receivers hand over what they decoded: traces go to the exporter's
-//! queue, other signals are counted as not exported (no exporter yet).
+//! Where receivers hand over what they decoded. Spans go to the member of
+//! the ring that owns their trace ID (this one, or another reached over the
+//! ring service), where span observers see them and the exporter's queue
+//! takes them; other signals are counted as not exported (no exporter yet).
+//!
+//! A client's request is acknowledged once every part of it is accepted by
+//! its owner: queued here, or, on another member, exported (so a member that
+//! dies loses nothing it acknowledged to a forwarder). A part whose owner is
+//! unreachable goes to the owner in the next view of the ring, until
+//! `ring.forward_timeout_ms`; a part that cannot be placed, or that its owner
+//! refuses, makes the whole request fail with the owner's (retryable) error.
+//! A retried request may repeat parts already accepted: delivery is at least
+//! once.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tokio::time::Instant;
 
 use crate::exporter::TraceQueue;
-use crate::metrics::{Metrics, ReceiverLabels, RefusedLabels, SignalLabels};
-use crate::otlp::{Refusal, Signal, retain_valid_spans};
+use crate::metrics::{
+    ForwardErrorLabels, Metrics, OwnerLabels, ReceiverLabels, RefusedLabels, SignalLabels,
+};
+use crate::otlp::{Refusal, Signal, retain_valid_spans, span_count};
+use crate::ring::{ForwardError, Ring, split::split};
+
+/// Sees the spans this member owns, once each, as they are accepted for
+/// export (before any sampling): where span metrics are computed. Called
+/// on the request path, so it must be quick.
+pub trait SpanObserver: Send + Sync + 'static {
+    fn observe(&self, spans: &ExportTraceServiceRequest);
+}
+
+/// Takes the body of a `/vispyr.ring.v1.Ring/Deltas` call from another
+/// member (series deltas this member owns, in the handler's own encoding).
+/// An `Err` goes back to the sender as its gRPC status.
+pub trait DeltasHandler: Send + Sync + 'static {
+    fn deltas(&self, body: Bytes) -> Result<(), Refusal>;
+}
 
 pub struct Pipeline {
     metrics: Metrics,
     traces: Option<Arc<TraceQueue>>,
+    ring: Option<Arc<Ring>>,
+    observers: Vec<Arc<dyn SpanObserver>>,
+    deltas: Option<Arc<dyn DeltasHandler>>,
 }
 
 impl Pipeline {
     pub fn new(metrics: Metrics, traces: Option<Arc<TraceQueue>>) -> Self {
-        Pipeline { metrics, traces }
+        Pipeline {
+            metrics,
+            traces,
+            ring: None,
+            observers: Vec::new(),
+            deltas: None,
+        }
+    }
+
+    /// Routes spans by trace ID over `ring`.
+    pub fn with_ring(mut self, ring: Arc<Ring>) -> Self {
+        self.ring = Some(ring);
+        self
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn SpanObserver>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    pub fn with_deltas_handler(mut self, handler: Arc<dyn DeltasHandler>) -> Self {
+        self.deltas = Some(handler);
+        self
+    }
+
+    pub fn ring(&self) -> Option<&Arc<Ring>> {
+        self.ring.as_ref()
     }
 
     /// Takes a decoded request; `Ok` means the client may consider it
     /// delivered (the response says which items were rejected, if any).
-    pub fn accept<S: Signal>(
+    pub async fn accept<S: Signal>(
         &self,
         request: S::Request,
         transport: &'static str,
@@ -28,17 +91,7 @@ impl Pipeline {
         let outcome = match S::into_traces(request) {
             Some(mut traces) => {
                 let (rejected, message) = retain_valid_spans(&mut traces);
-                match &self.traces {
-                    // Nothing valid left: nothing to queue, nothing to send.
-                    _ if traces.resource_spans.is_empty() => Ok((rejected, message)),
-                    Some(queue) => queue
-                        .push(traces.resource_spans)
-                        .map(|()| (rejected, message)),
-                    None => {
-                        self.not_exported(S::NAME, items - rejected);
-                        Ok((rejected, message))
-                    }
-                }
+                self.route(traces).await.map(|()| (rejected, message))
             }
             None => {
                 self.not_exported(S::NAME, items);
@@ -65,6 +118,148 @@ impl Pipeline {
             }
             Err(refusal) => Err(self.refused(S::NAME, transport, refusal)),
         }
+    }
+
+    /// Hands every span to the owner of its trace; `Ok` once all took theirs.
+    async fn route(&self, request: ExportTraceServiceRequest) -> Result<(), Refusal> {
+        // Nothing valid left: nothing to queue, nothing to send.
+        if request.resource_spans.is_empty() {
+            return Ok(());
+        }
+        let Some(ring) = &self.ring else {
+            return self.own(request, false).await;
+        };
+        let timeout = ring.forward_timeout();
+        let deadline = Instant::now() + timeout;
+        let mut pending = vec![request];
+        loop {
+            let view = ring.view();
+            let mut local = ExportTraceServiceRequest::default();
+            let mut remote: Vec<(usize, ExportTraceServiceRequest)> = Vec::new();
+            for part in pending.drain(..) {
+                for (owner, part) in split(part, |id| view.owner_index(id)) {
+                    match owner {
+                        None => local.resource_spans.extend(part.resource_spans),
+                        Some(i) => match remote.iter_mut().find(|(o, _)| *o == i) {
+                            Some((_, r)) => r.resource_spans.extend(part.resource_spans),
+                            None => remote.push((i, part)),
+                        },
+                    }
+                }
+            }
+            // Local first: if this member's queue is full, nothing is
+            // forwarded that the client's retry would send again.
+            if !local.resource_spans.is_empty() {
+                let spans = span_count(&local.resource_spans);
+                self.own(local, false).await?;
+                self.routed("local", spans);
+            }
+            if remote.is_empty() {
+                return Ok(());
+            }
+            let forwards = remote.into_iter().map(|(i, part)| {
+                let peer = ring.peer(&view.members()[i].addr);
+                let body = Bytes::from(part.encode_to_vec());
+                async move { (ring.forward_spans(&peer, body).await, part) }
+            });
+            let mut refusal = None;
+            for (result, part) in futures::future::join_all(forwards).await {
+                let spans = span_count(&part.resource_spans);
+                match result {
+                    Ok(()) => self.routed("remote", spans),
+                    Err(ForwardError::Unreachable { .. }) => {
+                        self.forward_error("unreachable");
+                        pending.push(part);
+                    }
+                    Err(ForwardError::Refused { peer, status }) => {
+                        self.forward_error("refused");
+                        tracing::debug!(peer = %peer, code = ?status.code(), message = status.message(), "owner refused spans");
+                        refusal.get_or_insert(Refusal::owner_refused(&peer, &status));
+                    }
+                }
+            }
+            if let Some(refusal) = refusal {
+                return Err(refusal);
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.forward_error("unplaced");
+                return Err(Refusal::Unplaced(timeout));
+            }
+            // The unreachable owner is out of the view by now, unless the
+            // view has not moved on: then do not spin.
+            if Arc::ptr_eq(&view, &ring.view()) {
+                tokio::time::sleep((deadline - now).min(Duration::from_millis(50))).await;
+            }
+        }
+    }
+
+    /// Spans this member owns: observed, then queued for export. With
+    /// `settled`, returns only once the exporter is done with them.
+    async fn own(&self, request: ExportTraceServiceRequest, settled: bool) -> Result<(), Refusal> {
+        let spans = span_count(&request.resource_spans);
+        let Some(queue) = &self.traces else {
+            self.observe(&request);
+            self.not_exported("traces", spans);
+            return Ok(());
+        };
+        let reservation = queue.reserve(spans)?;
+        // After the reservation: a refused request is not observed, so the
+        // client's retry is not counted twice.
+        self.observe(&request);
+        match reservation.commit(request.resource_spans, settled) {
+            Some(receipt) => match receipt.await {
+                Ok(true) => Ok(()),
+                Ok(false) | Err(_) => Err(Refusal::NotExported),
+            },
+            None => Ok(()),
+        }
+    }
+
+    fn observe(&self, request: &ExportTraceServiceRequest) {
+        for observer in &self.observers {
+            observer.observe(request);
+        }
+    }
+
+    /// Spans another member forwarded: this member owns them. Answered once
+    /// they are exported (or refused for good by the backend).
+    pub async fn accept_forwarded(&self, body: Bytes) -> Result<(), tonic::Status> {
+        let request = ExportTraceServiceRequest::decode(body)
+            .map_err(|e| tonic::Status::invalid_argument(format!("invalid protobuf: {e}")))?;
+        let spans = span_count(&request.resource_spans);
+        self.own(request, true).await.map_err(|r| r.to_grpc())?;
+        self.metrics.ring.received_spans.inc_by(spans);
+        Ok(())
+    }
+
+    /// Series deltas another member sent to this one, their owner.
+    pub fn accept_deltas(&self, body: Bytes) -> Result<(), tonic::Status> {
+        match &self.deltas {
+            Some(handler) => handler.deltas(body).map_err(|r| r.to_grpc()),
+            None => Err(tonic::Status::unimplemented(
+                "this member takes no series deltas",
+            )),
+        }
+    }
+
+    fn routed(&self, owner: &'static str, spans: u64) {
+        self.metrics
+            .ring
+            .routed_spans
+            .get_or_create(&OwnerLabels { owner })
+            .inc_by(spans);
+    }
+
+    fn forward_error(&self, reason: &'static str) {
+        self.metrics
+            .ring
+            .forward_errors
+            .get_or_create(&ForwardErrorLabels { reason })
+            .inc();
     }
 
     /// Counts a request refused as a whole and hands the refusal back.
@@ -106,8 +301,8 @@ mod tests {
     use super::*;
     use crate::otlp::Traces;
 
-    #[test]
-    fn a_request_of_only_invalid_spans_queues_nothing() {
+    #[tokio::test]
+    async fn a_request_of_only_invalid_spans_queues_nothing() {
         let queue = Arc::new(TraceQueue::new(10, Metrics::default()));
         let pipeline = Pipeline::new(Metrics::default(), Some(queue.clone()));
         let request = ExportTraceServiceRequest {
@@ -119,7 +314,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let response = pipeline.accept::<Traces>(request, "grpc").unwrap();
+        let response = pipeline.accept::<Traces>(request, "grpc").await.unwrap();
         assert_eq!(response.partial_success.unwrap().rejected_spans, 1);
         assert_eq!(queue.held(), 0);
     }

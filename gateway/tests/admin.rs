@@ -70,3 +70,18 @@ fn bad_config_exits_64_naming_the_key() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_ring_peer_without_a_port_is_refused_by_key() {
+    let out = Command::new(BIN)
+        .args(["--set", "ring.peers=[gw-0.gw, gw-1.gw:4319]"])
+        .args(["--set", "ring.addr=127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"ring.peers: "gw-0.gw" is not host:port"#),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,23 @@
-//! vispyr-node-agent: the eBPF profiler and host metrics arrive with their
-//! issue; today it serves its admin endpoints on :9100.
+//! vispyr-node-agent: samples every CPU with eBPF and hands symbolized
+//! stacks to export. See the library for the parts.
 
-fn main() -> std::process::ExitCode {
-    vispyr_common::app::admin_only("VISPYR_NODE_AGENT_", 9100, env!("CARGO_PKG_VERSION"))
+use std::process::ExitCode;
+
+use clap::Parser;
+use vispyr_common::config::CommonArgs;
+
+#[derive(Parser)]
+#[command(version, about = "Vispyr node-agent: eBPF CPU profiler")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    vispyr_common::app::main(
+        &cli.common,
+        "VISPYR_NODE_AGENT_",
+        vispyr_node_agent::service::run,
+    )
 }

@@ -1,6 +1,7 @@
 //! The storage backends the gateway writes to, as real upstream binaries on
 //! loopback: Prometheus (remote write v1 + OTLP receivers), a trace store that
-//! takes OTLP and answers by trace ID, and Pyroscope (OTLP profiles).
+//! takes OTLP and answers by trace ID, and Pyroscope (OTLP profiles). Also
+//! node_exporter, the reference the node-agent's host metrics are checked on.
 //!
 //! Each backend has a temp dir and free ports of its own, so tests run in
 //! parallel; dropping the handle kills the process before its dir goes away.
@@ -8,6 +9,7 @@
 //! that an implementation can be swapped (the trace store is Jaeger v2 today,
 //! standing in for Tempo).
 
+mod node_exporter;
 mod prometheus;
 mod pyroscope;
 mod trace_store;
@@ -22,6 +24,7 @@ use tempfile::TempDir;
 use crate::Error;
 use crate::process::Process;
 
+pub use node_exporter::NodeExporter;
 pub use prometheus::Prometheus;
 pub use pyroscope::{Flamegraph, Pyroscope};
 pub use trace_store::{TraceSpan, TraceStore};

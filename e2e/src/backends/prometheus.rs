@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use prost::Message;
 use tempfile::TempDir;
 
@@ -101,6 +104,38 @@ impl Prometheus {
             .body(body);
         send("prometheus remote write", req).await?;
         Ok(())
+    }
+
+    /// Pushes OTLP metrics to Prometheus's own OTLP receiver (OTLP/HTTP,
+    /// protobuf), which names series by the OpenTelemetry-to-Prometheus
+    /// translation. A partial success that rejects points is an error.
+    pub async fn push_otlp_metrics(
+        &self,
+        request: &ExportMetricsServiceRequest,
+    ) -> Result<(), Error> {
+        let what = "prometheus OTLP metrics push";
+        let req = self
+            .http
+            .post(format!("{}/api/v1/otlp/v1/metrics", self.url))
+            .header("Content-Type", "application/x-protobuf")
+            .body(request.encode_to_vec());
+        let body = send(what, req)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| Error::http(what, e))?;
+        let resp = ExportMetricsServiceResponse::decode(body.as_ref())
+            .map_err(|e| Error::backend(what, format!("undecodable response: {e}")))?;
+        match resp.partial_success {
+            Some(p) if p.rejected_data_points > 0 => Err(Error::backend(
+                what,
+                format!(
+                    "{} data points rejected: {}",
+                    p.rejected_data_points, p.error_message
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Evaluates `promql` now (instant query): one (labels, value) per series

@@ -1,0 +1,388 @@
+//! Three gateway processes on loopback in one hash ring (static peers), with
+//! the real trace store behind them: the spans of a trace, sent to different
+//! members in different requests, meet on the one member that owns the trace
+//! ID and reach the store whole and once; a member killed mid-stream loses
+//! no span the ring acknowledged; a member stopped with SIGTERM leaves the
+//! ring and hands nothing off twice. With Kubernetes membership, the ring
+//! follows the ready endpoints of the Service's EndpointSlices on a real
+//! apiserver.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, TestTrace, WAIT, hex};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tokio::sync::Mutex;
+use vispyr_e2e::process::free_port;
+use vispyr_e2e::{TestCluster, TraceStore, eventually};
+use vispyr_gateway::otlp::retryable;
+
+const SENT: &str = r#"vispyr_gateway_exporter_sent_spans_total{exporter="traces"}"#;
+const MEMBERS: &str = "vispyr_gateway_ring_members";
+const RECEIVED: &str = "vispyr_gateway_ring_received_spans_total";
+const REMOTE: &str = r#"vispyr_gateway_ring_routed_spans_total{owner="remote"}"#;
+
+/// `n` members that all see each other, exporting to `store`.
+async fn ring(store: &TraceStore, n: usize) -> Vec<Gateway> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let mut members = Vec::new();
+    for port in &ports {
+        members.push(
+            Gateway::start(&[
+                format!("ring.addr=127.0.0.1:{port}"),
+                format!("ring.peers=[{}]", peers.join(",")),
+                "ring.probe_interval_ms=100".into(),
+                "ring.forward_timeout_ms=5000".into(),
+                format!("exporters.traces.endpoint={}", store.otlp_grpc_endpoint()),
+                "exporters.traces.batch_timeout_ms=20".into(),
+                "drain_timeout_ms=5000".into(),
+            ])
+            .await,
+        );
+    }
+    for m in &members {
+        wait_members(m, n).await;
+    }
+    members
+}
+
+async fn wait_members(member: &Gateway, n: usize) {
+    eventually(WAIT, || async {
+        match member.metric(MEMBERS).await {
+            v if v == n as f64 => Ok(()),
+            v => Err(v),
+        }
+    })
+    .await
+    .unwrap_or_else(|v| panic!("{} sees {v} ring members, not {n}", member.admin));
+}
+
+/// One request holding the spans at `index` of each of `traces`.
+fn request(traces: &[&TestTrace], index: usize) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: traces
+            .iter()
+            .flat_map(|t| t.proto_of([index]).resource_spans)
+            .collect(),
+    }
+}
+
+async fn client(member: &Gateway) -> TraceServiceClient<tonic::transport::Channel> {
+    TraceServiceClient::connect(member.grpc.clone())
+        .await
+        .unwrap()
+}
+
+async fn sum(members: &[Gateway], series: &str) -> f64 {
+    let mut total = 0.0;
+    for m in members {
+        total += m.metric(series).await;
+    }
+    total
+}
+
+#[tokio::test]
+async fn spans_sent_to_different_members_meet_whole_on_one() {
+    const TRACES: usize = 60;
+    const SPANS: usize = 6;
+    let store = TraceStore::start().await.unwrap();
+    let members = ring(&store, 3).await;
+    let traces: Vec<TestTrace> = (0..TRACES)
+        .map(|i| TestTrace::new(&format!("svc-{}", i % 4), SPANS - 1))
+        .collect();
+    let mut clients = Vec::new();
+    for m in &members {
+        clients.push(client(m).await);
+    }
+
+    // Span r of trace i goes to member (i + r) % 3: each trace's spans are
+    // spread over every member, several traces per request.
+    let started = Instant::now();
+    for r in 0..SPANS {
+        for (m, client) in clients.iter_mut().enumerate() {
+            let batch: Vec<&TestTrace> = traces
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (i + r) % 3 == m)
+                .map(|(_, t)| t)
+                .collect();
+            let answer = client.export(request(&batch, r)).await.unwrap();
+            assert_eq!(answer.into_inner().partial_success, None);
+        }
+    }
+    let elapsed = started.elapsed();
+
+    for trace in &traces {
+        trace.assert_stored(&store).await;
+    }
+    // Each span exported by exactly one member: the sums match exactly.
+    let total = (TRACES * SPANS) as f64;
+    eventually(WAIT, || async {
+        match sum(&members, SENT).await {
+            n if n == total => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await
+    .unwrap();
+    let forwarded = sum(&members, REMOTE).await;
+    assert_eq!(sum(&members, RECEIVED).await, forwarded);
+    for m in &members {
+        assert!(
+            m.metric(RECEIVED).await > 0.0,
+            "{} owns no trace: {}",
+            m.admin,
+            m.metrics().await
+        );
+    }
+    eprintln!(
+        "{total} spans through a 3-member ring in {elapsed:?} (one request at a time, each answered after the owners exported); {:.0}% forwarded",
+        100.0 * forwarded / total
+    );
+}
+
+/// Sends `request` to the members in turn, from `first`, until one
+/// acknowledges it; non-retryable errors fail the test.
+async fn send_until_acknowledged(
+    clients: &mut [TraceServiceClient<tonic::transport::Channel>],
+    first: usize,
+    request: ExportTraceServiceRequest,
+) {
+    let deadline = Instant::now() + WAIT;
+    for attempt in 0.. {
+        let client = &mut clients[(first + attempt) % clients.len()];
+        let mut req = tonic::Request::new(request.clone());
+        req.set_timeout(Duration::from_secs(10));
+        match client.export(req).await {
+            Ok(_) => return,
+            Err(status) => {
+                let (retry, _) = retryable(&status);
+                assert!(retry, "permanent error: {status:?}");
+                assert!(Instant::now() < deadline, "never acknowledged: {status:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Four clients send traces to `senders` (each trace's spans in two
+/// requests to two members) while `stop` runs once `after` requests were
+/// acknowledged; returns the acknowledged spans of each trace.
+async fn send_while(
+    senders: &[&Gateway],
+    requests: usize,
+    after: usize,
+    stop: impl AsyncFnOnce(),
+) -> BTreeMap<String, BTreeSet<String>> {
+    let acked: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..4 {
+        let mut clients = Vec::new();
+        for s in senders {
+            clients.push(client(s).await);
+        }
+        let (acked, done) = (acked.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..requests / 4 / 2 {
+                let traces: Vec<TestTrace> =
+                    (0..5).map(|_| TestTrace::new("svc-kill", 3)).collect();
+                let batch: Vec<&TestTrace> = traces.iter().collect();
+                for half in 0..2 {
+                    let req = ExportTraceServiceRequest {
+                        resource_spans: batch
+                            .iter()
+                            .flat_map(|t| t.proto_of([2 * half, 2 * half + 1]).resource_spans)
+                            .collect(),
+                    };
+                    send_until_acknowledged(&mut clients, task + i + half, req).await;
+                    let mut acked = acked.lock().await;
+                    for t in &traces {
+                        let ids = acked.entry(t.trace_id()).or_default();
+                        ids.insert(hex(&t.spans[2 * half].0));
+                        ids.insert(hex(&t.spans[2 * half + 1].0));
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    eventually(WAIT, || async {
+        match done.load(Ordering::Relaxed) {
+            n if n >= after => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await
+    .unwrap();
+    stop().await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(acked).unwrap().into_inner()
+}
+
+/// Every acknowledged span is stored; with `exactly_once`, nothing else
+/// and nothing twice.
+async fn assert_acknowledged_stored(
+    store: &TraceStore,
+    acked: &BTreeMap<String, BTreeSet<String>>,
+    exactly_once: bool,
+) {
+    for (trace, want) in acked {
+        eventually(WAIT, || async {
+            let stored = store.spans(trace).await.map_err(|e| e.to_string())?;
+            let got: BTreeSet<String> = stored.iter().map(|s| s.span_id.clone()).collect();
+            let whole = match exactly_once {
+                true => got == *want && stored.len() == want.len(),
+                false => got.is_superset(want),
+            };
+            match whole {
+                true => Ok(()),
+                false => Err(format!(
+                    "trace {trace}: acknowledged {want:?}, stored {} spans: {got:?}",
+                    stored.len()
+                )),
+            }
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_loses_no_acknowledged_span() {
+    let store = TraceStore::start().await.unwrap();
+    let mut members = ring(&store, 3).await;
+    let mut dead = members.pop().unwrap();
+    let acked = send_while(&[&members[0], &members[1]], 160, 40, async || {
+        // It owned some of what was sent before: the kill can lose them.
+        assert!(dead.metric(RECEIVED).await > 0.0);
+        dead.process.kill();
+    })
+    .await;
+    assert_eq!(
+        acked.values().map(BTreeSet::len).sum::<usize>(),
+        160 * 5 * 2
+    );
+    // The survivors found out and took over the dead member's traces.
+    for m in &members {
+        wait_members(m, 2).await;
+    }
+    assert_acknowledged_stored(&store, &acked, false).await;
+}
+
+// Multi-threaded: the clients keep sending while this thread waits for the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopped_with_sigterm_leaves_and_hands_nothing_off_twice() {
+    let store = TraceStore::start().await.unwrap();
+    let mut members = ring(&store, 3).await;
+    let mut leaving = members.pop().unwrap();
+    let acked = send_while(&[&members[0], &members[1]], 160, 40, async || {
+        assert!(leaving.metric(RECEIVED).await > 0.0);
+        let status = leaving
+            .process
+            .terminate(Duration::from_secs(10))
+            .expect("exits within the drain timeout");
+        assert!(status.success(), "{status}: {}", leaving.process.log_tail());
+    })
+    .await;
+    for m in &members {
+        wait_members(m, 2).await;
+    }
+    assert_acknowledged_stored(&store, &acked, true).await;
+}
+
+/// This machine's address on its default route: EndpointSlices refuse
+/// loopback addresses. Connecting a UDP socket sends nothing.
+fn host_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .connect("192.0.2.1:9")
+        .expect("a default route (EndpointSlices need a non-loopback address)");
+    socket.local_addr().unwrap().ip()
+}
+
+/// An EndpointSlice of the ring's Service with one endpoint, this host on
+/// its own `ring` port (one slice per member: they share the address).
+fn slice(name: &str, port: u16, ready: bool, terminating: bool) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "vispyr-gateway-ring"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "otlp", "port": 4317}, {"name": "ring", "port": port}],
+        "endpoints": [{
+            "addresses": [host_ip().to_string()],
+            "conditions": {"ready": ready, "serving": ready, "terminating": terminating}
+        }]
+    })
+}
+
+#[tokio::test]
+async fn kubernetes_membership_follows_ready_endpoints() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    let cluster = TestCluster::start().await.unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client(), "default");
+    let ports = [free_port(), free_port()];
+    let mut members = Vec::new();
+    for port in ports {
+        members.push(
+            Gateway::start_with_env(
+                &[
+                    format!("ring.addr={}:{port}", host_ip()),
+                    "ring.service=vispyr-gateway-ring".into(),
+                    "ring.namespace=default".into(),
+                ],
+                &[("KUBECONFIG", cluster.kubeconfig())],
+            )
+            .await,
+        );
+    }
+    let create = async |name, port, ready, terminating| {
+        let s = serde_json::from_value(slice(name, port, ready, terminating)).unwrap();
+        slices.create(&PostParams::default(), &s).await.unwrap();
+    };
+    let replace = async |name: &str, port, ready, terminating| {
+        let patch = Patch::Merge(slice(name, port, ready, terminating));
+        slices
+            .patch(name, &PatchParams::default(), &patch)
+            .await
+            .unwrap();
+    };
+
+    // A not-ready endpoint is not a member; a ready one is.
+    create("gw-a", ports[0], true, false).await;
+    create("gw-b", ports[1], false, false).await;
+    for m in &members {
+        wait_members(m, 1).await;
+    }
+    replace("gw-b", ports[1], true, false).await;
+    for m in &members {
+        wait_members(m, 2).await;
+    }
+    // Both members own traces: spans sent to one reach the other.
+    let mut first = client(&members[0]).await;
+    let traces: Vec<TestTrace> = (0..20).map(|_| TestTrace::new("svc-k8s", 1)).collect();
+    first
+        .export(request(&traces.iter().collect::<Vec<_>>(), 0))
+        .await
+        .unwrap();
+    assert!(members[1].metric(RECEIVED).await > 0.0);
+
+    // Terminating (still ready while it drains): out of the ring.
+    replace("gw-b", ports[1], true, true).await;
+    for m in &members {
+        wait_members(m, 1).await;
+    }
+    slices.delete("gw-a", &Default::default()).await.unwrap();
+    wait_members(&members[1], 0).await;
+}
