@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::authorization::v1::SelfSubjectRulesReview;
@@ -22,9 +21,9 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use vispyr_e2e::fixtures::cpu_profile;
-use vispyr_e2e::process::{Process, free_port};
 use vispyr_e2e::{
-    Prometheus, Pyroscope, TestCluster, assert_allowed, assert_forbidden, eventually, golden, tool,
+    NodeExporter, Prometheus, Pyroscope, TestCluster, assert_allowed, assert_forbidden, eventually,
+    golden,
 };
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -732,10 +731,10 @@ vispyr_gateway_ring_members{pod="gw-0"} 2
 vispyr_gateway_ring_routed_spans_total{pod="gw-0",owner="remote"} 10
 vispyr_gateway_ring_forward_errors_total{pod="gw-0",reason="unreachable"} 1
 vispyr_gateway_ring_membership_changes_total{pod="gw-0"} 1
-vispyr_profiler_samples_total{node="node-1"} 99
-vispyr_profiler_samples_dropped_total{node="node-1"} 1
-vispyr_profiler_stack_collisions_total{node="node-1",stack="user"} 1
-vispyr_profiler_stack_errors_total{node="node-1",stack="kernel"} 1
+vispyr_node_agent_profiler_samples_total{node="node-1"} 99
+vispyr_node_agent_profiler_samples_dropped_total{node="node-1"} 1
+vispyr_node_agent_profiler_stack_collisions_total{node="node-1",stack="user"} 1
+vispyr_node_agent_profiler_stack_errors_total{node="node-1",stack="kernel"} 1
 vispyr_node_agent_exporter_sent_items_total{node="node-1",signal="profiles"} 10
 vispyr_node_agent_exporter_dropped_items_total{node="node-1",signal="profiles",reason="buffer_full"} 1
 vispyr_operator_admissions_total{pod="op-0",outcome="injected"} 5
@@ -868,20 +867,10 @@ async fn every_dashboard_query_runs_in_the_real_backends() {
 /// served by the real node_exporter on this machine.
 #[tokio::test]
 async fn nodes_dashboard_reads_node_exporter_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(tool("node_exporter").unwrap());
-    cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"));
-    let mut exporter = Process::spawn("node_exporter", cmd, &dir.path().join("log")).unwrap();
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let exporter = NodeExporter::start().await.expect("node_exporter starts");
+    let url = exporter.metrics_url();
     let http = reqwest::Client::new();
-    exporter
-        .wait_ready(Duration::from_secs(30), || async {
-            matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
-        })
-        .await
-        .expect("node_exporter serves /metrics");
-    let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+    let body = http.get(url).send().await.unwrap().text().await.unwrap();
     let served: BTreeSet<&str> = body
         .lines()
         .filter(|l| !l.starts_with('#'))
