@@ -69,7 +69,7 @@ const CASES: &[(&str, &[&str])] = &[
             "instrumentation.enabled=false",
             "gateway.ringPeers={gateway-0.example:4319,gateway-1.example:4319}",
             "gateway.podDisruptionBudget.enabled=false",
-            "nodeAgent.extraCapabilities={SYS_RESOURCE}",
+            "nodeAgent.extraCapabilities={DAC_READ_SEARCH}",
             "grafana.enabled=false",
         ],
     ),
@@ -187,7 +187,13 @@ fn node_agent_is_never_privileged_and_mounts_the_host_read_only() {
         .collect();
     assert_eq!(
         added,
-        BTreeSet::from(["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYSLOG"])
+        BTreeSet::from([
+            "BPF",
+            "PERFMON",
+            "SYS_PTRACE",
+            "CHECKPOINT_RESTORE",
+            "SYSLOG"
+        ])
     );
     for mount in container["volumeMounts"].as_array().unwrap() {
         assert_eq!(mount["readOnly"], true, "{mount}");
