@@ -14,7 +14,7 @@ TOOLS := etcd kubernetes prometheus jaeger pyroscope helm node_exporter
 
 NODEJS := instrumentation/nodejs
 
-.PHONY: help deps tools images build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden bench demo fmt lint clean-tools
+.PHONY: help deps tools images build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden chart-golden bench demo fmt lint clean-tools
 
 help:
 	@echo "make demo   bring up Vispyr on this machine with a demo Node.js app (not yet: see README)"
@@ -24,6 +24,7 @@ help:
 	@echo "make build  build the workspace"
 	@echo "make crds   regenerate crds/ from the Rust types"
 	@echo "make golden regenerate the webhook's golden files"
+	@echo "make chart-golden  regenerate the chart's golden renders, README values and Grafana copy"
 	@echo "make bench  run the benchmarks (results go to docs/benchmarks.md)"
 
 # System packages and toolchains. Idempotent and quick when all is present.
@@ -72,6 +73,15 @@ crds: deps
 # review the diff, it is the spec.
 golden: deps
 	VISPYR_UPDATE_GOLDEN=1 cargo test --locked -p vispyr-operator --test golden
+
+# The chart's copy of config/grafana (Helm reads only files inside the chart),
+# its golden renders (charts/vispyr/tests/golden) and the values section of
+# its README (from values.schema.json): review the diff.
+chart-golden: tools
+	rm -rf charts/vispyr/files/grafana
+	mkdir -p charts/vispyr/files
+	cp -R config/grafana charts/vispyr/files/grafana
+	VISPYR_UPDATE_GOLDEN=1 cargo test --locked -p vispyr-e2e --test chart -- renders_match readme_documents
 
 # Benchmarks, each against a baseline run side by side in the same run.
 # Results: docs/benchmarks.md.

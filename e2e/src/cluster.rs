@@ -264,3 +264,18 @@ fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// Panics unless `result` is the apiserver's 403: what an identity must not do.
+pub fn assert_forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    }
+}
+
+/// Panics with the apiserver's answer unless `result` is a success.
+pub fn assert_allowed<T>(what: &str, result: Result<T, kube::Error>) {
+    if let Err(e) = result {
+        panic!("{what}: {e}");
+    }
+}

@@ -12,6 +12,8 @@ mod backends;
 mod cluster;
 mod error;
 mod eventually;
+pub mod fixtures;
+pub mod golden;
 mod node;
 mod pki;
 pub mod process;
@@ -20,8 +22,8 @@ mod tools;
 pub use backends::{
     Backends, Flamegraph, NodeExporter, Prometheus, Pyroscope, TraceSpan, TraceStore,
 };
-pub use cluster::TestCluster;
+pub use cluster::{TestCluster, assert_allowed, assert_forbidden};
 pub use error::Error;
 pub use eventually::eventually;
 pub use node::{NODE_NAME, NodeCluster};
-pub use tools::tool;
+pub use tools::{helm, tool};

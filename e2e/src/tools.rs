@@ -18,3 +18,21 @@ pub fn tool(name: &str) -> Result<PathBuf, Error> {
         })
     }
 }
+
+/// Runs the pinned helm, returning its stdout; a failure quotes its stderr.
+pub fn helm(args: &[&str]) -> Result<String, Error> {
+    let out = std::process::Command::new(tool("helm")?)
+        .args(args)
+        .output()
+        .map_err(|source| Error::Spawn {
+            name: "helm".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::backend(
+            format!("helm {}", args.join(" ")),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -6,14 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
 use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_client::ProfilesServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::profiles::v1development as otlp_profiles;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
+use vispyr_e2e::fixtures::{CPU_PROFILE_FUNCTIONS, cpu_profile, string_attr};
 use vispyr_e2e::{Backends, Prometheus, Pyroscope, TraceStore, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -45,16 +44,6 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn string_attr(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
@@ -207,93 +196,6 @@ async fn trace_store_keeps_an_otlp_grpc_span_by_trace_id() {
     );
 }
 
-/// One CPU profile of `service`: `count` samples of main > handle_request >
-/// compute_hash, at 100 Hz, as the node agent sends them (samples/count with
-/// a cpu/nanoseconds period, which Pyroscope turns into nanoseconds).
-fn cpu_profile(service: &str, count: i64) -> ExportProfilesServiceRequest {
-    use otlp_profiles::*;
-    let strings = [
-        "",
-        "samples",
-        "count",
-        "cpu",
-        "nanoseconds",
-        "main",
-        "handle_request",
-        "compute_hash",
-        "app.js",
-    ];
-    let s = |x: &str| strings.iter().position(|y| *y == x).unwrap() as i32;
-    let function = |name: &str| Function {
-        name_strindex: s(name),
-        filename_strindex: s("app.js"),
-        ..Default::default()
-    };
-    let location = |function_index: i32| Location {
-        mapping_index: 0,
-        lines: vec![Line {
-            function_index,
-            line: 10 * i64::from(function_index),
-            column: 0,
-        }],
-        ..Default::default()
-    };
-    // Index 0 of every table is the zero value, as the OTLP spec requires.
-    let dictionary = ProfilesDictionary {
-        string_table: strings.iter().map(|x| x.to_string()).collect(),
-        mapping_table: vec![Mapping::default()],
-        function_table: vec![
-            Function::default(),
-            function("main"),
-            function("handle_request"),
-            function("compute_hash"),
-        ],
-        location_table: vec![Location::default(), location(1), location(2), location(3)],
-        // Leaf first, as in pprof.
-        stack_table: vec![
-            Stack::default(),
-            Stack {
-                location_indices: vec![3, 2, 1],
-            },
-        ],
-        link_table: vec![Link::default()],
-        attribute_table: vec![KeyValueAndUnit::default()],
-    };
-    let profile = Profile {
-        sample_type: Some(ValueType {
-            type_strindex: s("samples"),
-            unit_strindex: s("count"),
-        }),
-        period_type: Some(ValueType {
-            type_strindex: s("cpu"),
-            unit_strindex: s("nanoseconds"),
-        }),
-        period: 10_000_000,
-        time_unix_nano: now_nanos(),
-        duration_nano: 10_000_000_000,
-        samples: vec![Sample {
-            stack_index: 1,
-            values: vec![count],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    ExportProfilesServiceRequest {
-        resource_profiles: vec![ResourceProfiles {
-            resource: Some(Resource {
-                attributes: vec![string_attr("service.name", service)],
-                ..Default::default()
-            }),
-            scope_profiles: vec![ScopeProfiles {
-                profiles: vec![profile],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        dictionary: Some(dictionary),
-    }
-}
-
 /// Waits until `service`'s CPU profile is queryable; its total and the totals
 /// of the three functions of [`cpu_profile`].
 async fn wait_for_cpu_profile(
@@ -320,7 +222,7 @@ async fn wait_for_cpu_profile(
     .await
     .unwrap();
     eprintln!("flame graph of {service}: {fg:?}");
-    let functions = ["main", "handle_request", "compute_hash"]
+    let functions = CPU_PROFILE_FUNCTIONS
         .into_iter()
         .map(|f| (f, fg.total_of(f)))
         .collect();
@@ -338,7 +240,9 @@ async fn pyroscope_merges_an_otlp_profile() {
     );
 
     let service = unique("checkout");
-    pyro.push_otlp(&cpu_profile(&service, 3)).await.unwrap();
+    pyro.push_otlp(&cpu_profile(&[("service.name", &service)], &[], 3))
+        .await
+        .unwrap();
 
     let (total, functions) = wait_for_cpu_profile(&pyro, &service).await;
     // 3 samples x 10 ms period, all of them in each function of the stack.
@@ -366,7 +270,10 @@ async fn pyroscope_takes_otlp_grpc_on_its_http_port() {
     let mut client = ProfilesServiceClient::connect(pyro.otlp_grpc_endpoint().to_string())
         .await
         .unwrap();
-    client.export(cpu_profile(&service, 2)).await.unwrap();
+    client
+        .export(cpu_profile(&[("service.name", &service)], &[], 2))
+        .await
+        .unwrap();
 
     let (total, functions) = wait_for_cpu_profile(&pyro, &service).await;
     assert_eq!(total, 20_000_000);
