@@ -1,0 +1,100 @@
+//! The consumer of the profiler's batches: attributes each batch to pods and
+//! processes, turns it into one OTLP profiles request and hands it to the
+//! OTLP exporter (optionally also writing pprof files for debugging).
+
+pub mod otlp;
+pub mod pprof;
+pub mod profiles;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use serde::Deserialize;
+use tokio::sync::mpsc::Receiver;
+
+use crate::attribution::{self, Attributor};
+use crate::stack::Batch;
+
+/// Config keys under `profiles`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub attribution: attribution::Config,
+    pub exporter: otlp::Config,
+    /// Also write every exported profile as `<dir>/<ms>-<n>-<service>.pb.gz`.
+    pub pprof_dir: Option<PathBuf>,
+    /// On shutdown, how long buffered profiles may take to be sent.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            attribution: attribution::Config::default(),
+            exporter: otlp::Config::default(),
+            pprof_dir: None,
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+pub struct ProfileExport {
+    attributor: Attributor,
+    exporter: otlp::Exporter,
+    pprof_dir: Option<PathBuf>,
+    shutdown_timeout: Duration,
+}
+
+impl ProfileExport {
+    /// Starts the pod watch (with a client) and the exporter on the current runtime.
+    pub fn start(
+        config: &Config,
+        client: Option<kube::Client>,
+        metrics: otlp::Metrics,
+    ) -> Result<Self, otlp::ExporterError> {
+        let exporter = otlp::Exporter::start(otlp::PROFILES, &config.exporter, metrics)?;
+        Ok(ProfileExport {
+            attributor: Attributor::new(&config.attribution, client),
+            exporter,
+            pprof_dir: config.pprof_dir.clone(),
+            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+        })
+    }
+
+    pub fn attributor(&self) -> &Attributor {
+        &self.attributor
+    }
+
+    /// Exports batches until the sender is dropped, then flushes.
+    pub async fn run(mut self, mut batches: Receiver<Batch>) {
+        while let Some(batch) = batches.recv().await {
+            self.export(&batch);
+        }
+        self.exporter.shutdown(self.shutdown_timeout).await;
+    }
+
+    /// Attributes and buffers one batch; returns the number of profiles.
+    pub fn export(&mut self, batch: &Batch) -> u64 {
+        let groups = self.attributor.attribute(batch);
+        if groups.is_empty() {
+            return 0;
+        }
+        let (request, profiles) = profiles::request(batch, &groups);
+        if let Some(dir) = &self.pprof_dir {
+            // Debug output only: a slow disk delays this task, not the sampler.
+            if let Err(e) = pprof::write(dir, &request) {
+                tracing::warn!(error = %e, source = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(), "debug pprof output");
+            }
+        }
+        self.exporter
+            .push(Bytes::from(request.encode_to_vec()), profiles);
+        profiles
+    }
+
+    /// Sends what is buffered (for at most the configured timeout).
+    pub async fn shutdown(self) {
+        self.exporter.shutdown(self.shutdown_timeout).await;
+    }
+}
