@@ -63,10 +63,6 @@ impl ProfileExport {
         })
     }
 
-    pub fn attributor(&self) -> &Attributor {
-        &self.attributor
-    }
-
     /// Exports batches until the sender is dropped, then flushes.
     pub async fn run(mut self, mut batches: Receiver<Batch>) {
         while let Some(batch) = batches.recv().await {
@@ -75,26 +71,20 @@ impl ProfileExport {
         self.exporter.shutdown(self.shutdown_timeout).await;
     }
 
-    /// Attributes and buffers one batch; returns the number of profiles.
-    pub fn export(&mut self, batch: &Batch) -> u64 {
+    /// Attributes and buffers one batch.
+    fn export(&mut self, batch: &Batch) {
         let groups = self.attributor.attribute(batch);
         if groups.is_empty() {
-            return 0;
+            return;
         }
         let (request, profiles) = profiles::request(batch, &groups);
         if let Some(dir) = &self.pprof_dir {
             // Debug output only: a slow disk delays this task, not the sampler.
             if let Err(e) = pprof::write(dir, &request) {
-                tracing::warn!(error = %e, source = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(), "debug pprof output");
+                tracing::warn!(error = %vispyr_common::app::chain(&e), "debug pprof output");
             }
         }
         self.exporter
             .push(Bytes::from(request.encode_to_vec()), profiles);
-        profiles
-    }
-
-    /// Sends what is buffered (for at most the configured timeout).
-    pub async fn shutdown(self) {
-        self.exporter.shutdown(self.shutdown_timeout).await;
     }
 }

@@ -115,7 +115,7 @@ pub fn request(
 
 /// CPU nanoseconds one sample stands for.
 pub fn period_ns(frequency_hz: u64) -> i64 {
-    (1_000_000_000 / frequency_hz.max(1)) as i64
+    (1_000_000_000 / frequency_hz.max(1)).max(1) as i64
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
@@ -261,6 +261,10 @@ impl Dictionary {
 
     fn stack(&mut self, frames: &[Frame]) -> i32 {
         let locations: Vec<i32> = frames.iter().map(|f| self.location(f)).collect();
+        // No frames at all is the zero stack itself.
+        if locations.is_empty() {
+            return 0;
+        }
         if let Some(&i) = self.stacks.get(&locations) {
             return i;
         }
