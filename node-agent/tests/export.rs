@@ -1,12 +1,15 @@
 //! OTLP profiles from the node-agent's exporter to a real Pyroscope over
 //! gRPC, read back through Pyroscope's query API.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use prost::Message;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use vispyr_e2e::process::free_port;
 use vispyr_e2e::{Pyroscope, eventually};
 use vispyr_node_agent::attribution::{
@@ -200,9 +203,30 @@ async fn profiles_reach_pyroscope_with_labels_functions_and_totals() {
     );
 }
 
+/// Relays every connection on `listener` to `to`: the exporter's address of
+/// Pyroscope. Before it runs, nothing listens there and the exporter sees
+/// what a stopped Pyroscope looks like: connection refused.
+fn relay(listener: TcpListener, to: SocketAddr) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_is_retried_and_a_full_buffer_drops_the_oldest() {
-    // Pyroscope is down: nothing listens on its port yet.
+    let pyroscope = Pyroscope::start().await.unwrap();
+    let pyroscope_addr: SocketAddr = pyroscope
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    // Pyroscope's address as the exporter knows it; down for now.
     let port = free_port();
     let requests: Vec<(Bytes, u64)> = (1..=4)
         .map(|i| encoded(&format!("outage-{i}"), 10 * i, 1))
@@ -229,18 +253,18 @@ async fn outage_is_retried_and_a_full_buffer_drops_the_oldest() {
     }
     // outage-2 was the oldest waiting when outage-4 did not fit.
     assert_eq!(metrics.dropped(&PROFILES, DropReason::BufferFull), 1);
+    assert_eq!(metrics.sent(&PROFILES), 0);
 
-    let pyroscope = Pyroscope::start_on(port).await.unwrap();
+    // Back: everything still buffered or in flight arrives.
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let _relay = relay(listener, pyroscope_addr);
     let period = profiles::period_ns(HZ);
     for i in [1, 3, 4] {
         arrived(&pyroscope, &format!("outage-{i}"), (10 * i + 1) * period).await;
     }
     eventually(WAIT, || {
-        std::future::ready(if metrics.sent(&PROFILES) == 3 {
-            Ok(())
-        } else {
-            Err(metrics.sent(&PROFILES))
-        })
+        let sent = metrics.sent(&PROFILES);
+        std::future::ready(if sent == 3 { Ok(()) } else { Err(sent) })
     })
     .await
     .unwrap();

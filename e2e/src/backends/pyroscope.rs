@@ -56,15 +56,9 @@ impl Pyroscope {
     /// Starts Pyroscope and waits for `/ready` (all modules running, the
     /// ingester ACTIVE in its ring).
     pub async fn start() -> Result<Self, Error> {
-        Self::start_on(free_port()).await
-    }
-
-    /// Starts Pyroscope with its HTTP (and OTLP) port at `http_port`: a
-    /// client already pointed there, e.g. at a stopped one, reaches this one.
-    pub async fn start_on(http_port: u16) -> Result<Self, Error> {
         let dir = temp_dir("vispyr-pyroscope-")?;
         let root = dir.path();
-        let (grpc_port, memberlist_port) = (free_port(), free_port());
+        let (http_port, grpc_port, memberlist_port) = (free_port(), free_port(), free_port());
         let url = format!("http://127.0.0.1:{http_port}");
         let path = |p: &str| root.join(p).display().to_string();
         // Its retention loop logs errors until the ingester first writes here.
