@@ -88,3 +88,28 @@ impl ProfileExport {
             .push(Bytes::from(request.encode_to_vec()), profiles);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_reach_the_chart_gateway_and_keys_are_checked() {
+        let c: Config = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.exporter.endpoint, "http://vispyr-gateway:4317");
+        assert_eq!(c.attribution.mode, attribution::Mode::All);
+        assert!(c.pprof_dir.is_none());
+        let c: Config = serde_json::from_str(
+            r#"{"attribution": {"mode": "opted-in", "node_name": "n1"},
+                "exporter": {"buffer_bytes": 1024}, "pprof_dir": "/tmp/p"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.attribution.node_name.as_deref(), Some("n1"));
+        assert_eq!(c.exporter.buffer_bytes, 1024);
+        assert_eq!(c.exporter.timeout_ms, 10_000);
+        let err = serde_json::from_str::<Config>(r#"{"exporter": {"bufer_bytes": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bufer_bytes"), "{err}");
+    }
+}
