@@ -153,6 +153,7 @@ struct Dictionary {
     strings: HashMap<String, i32>,
     functions: HashMap<(i32, i32), i32>,
     locations: HashMap<(i32, Vec<i32>), i32>,
+    frames: HashMap<Frame, i32>,
     attributes: HashMap<(i32, String), i32>,
     stacks: HashMap<Vec<i32>, i32>,
 }
@@ -172,6 +173,7 @@ impl Dictionary {
             strings: HashMap::new(),
             functions: HashMap::new(),
             locations: HashMap::new(),
+            frames: HashMap::new(),
             attributes: HashMap::new(),
             stacks: HashMap::new(),
         };
@@ -232,6 +234,11 @@ impl Dictionary {
     }
 
     fn location(&mut self, frame: &Frame) -> i32 {
+        // Most frames recur in many stacks: one hash of the frame instead of
+        // interning its strings and attributes again.
+        if let Some(&i) = self.frames.get(frame) {
+            return i;
+        }
         let function_index = self.function(frame);
         let mut attributes = vec![
             self.attribute(FRAME_KIND, frame.kind.as_str()),
@@ -241,21 +248,25 @@ impl Dictionary {
             attributes.push(self.attribute(FRAME_PACKAGE, package));
         }
         let id = (function_index, attributes);
-        if let Some(&i) = self.locations.get(&id) {
-            return i;
-        }
-        let i = self.tables.location_table.len() as i32;
-        self.tables.location_table.push(Location {
-            mapping_index: 0,
-            address: 0,
-            lines: vec![Line {
-                function_index,
-                line: 0,
-                column: 0,
-            }],
-            attribute_indices: id.1.clone(),
-        });
-        self.locations.insert(id, i);
+        let i = match self.locations.get(&id) {
+            Some(&i) => i,
+            None => {
+                let i = self.tables.location_table.len() as i32;
+                self.tables.location_table.push(Location {
+                    mapping_index: 0,
+                    address: 0,
+                    lines: vec![Line {
+                        function_index,
+                        line: 0,
+                        column: 0,
+                    }],
+                    attribute_indices: id.1.clone(),
+                });
+                self.locations.insert(id, i);
+                i
+            }
+        };
+        self.frames.insert(frame.clone(), i);
         i
     }
 
