@@ -118,11 +118,16 @@ fn fast_retries(endpoint: String, buffer_bytes: u64) -> otlp::Config {
 
 /// The merged CPU profile of `service` over the last hour.
 async fn cpu_of(pyroscope: &Pyroscope, service: &str) -> vispyr_e2e::Flamegraph {
+    selected(pyroscope, &format!("service_name=\"{service}\"")).await
+}
+
+/// The merged CPU profile of the series `matchers` select, over the last hour.
+async fn selected(pyroscope: &Pyroscope, matchers: &str) -> vispyr_e2e::Flamegraph {
     let now = SystemTime::now();
     pyroscope
         .merged_profile(
             PYROSCOPE_PROFILE_TYPE,
-            &format!("{{service_name=\"{service}\"}}"),
+            &format!("{{{matchers}}}"),
             now - Duration::from_secs(3600),
             now + Duration::from_secs(60),
         )
@@ -164,6 +169,15 @@ async fn profiles_reach_pyroscope_with_labels_functions_and_totals() {
     assert_eq!(fg.total_of("stringify"), 30 * period);
     assert_eq!(fg.total_of("handleCheckout"), 42 * period);
     assert_eq!(fg.total_of("uv_run"), 42 * period);
+    // The leaf frame's kind is a series label, so dashboards can select by it.
+    for (kind, want) in [("kernel", 30), ("js", 12), ("node_internal", 0)] {
+        let fg = selected(
+            &pyroscope,
+            &format!("service_name=\"checkout\",frame_kind=\"{kind}\""),
+        )
+        .await;
+        assert_eq!(fg.total, want * period, "frame_kind={kind}");
+    }
     for (label, value) in [
         ("service_name", "checkout"),
         ("k8s_namespace_name", "shop"),

@@ -13,6 +13,9 @@
 //!   convention `profile.frame.type` (`kernel|native|v8js`) and, for npm
 //!   code, `frame.package`.
 //! - stacks leaf first, as the sampler hands them over.
+//! - each sample also carries the `frame.kind` of its leaf frame: Pyroscope
+//!   keeps sample attributes (not location ones) as series labels, so
+//!   `{frame_kind="node_internal"}` selects the CPU spent in Node.js itself.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,7 +60,7 @@ pub fn request(
         .iter()
         .map(|(target, samples)| {
             // Two processes of one target (e.g. cluster workers) may share stacks.
-            let mut counts: Vec<(i32, i64)> = Vec::new();
+            let mut counts: Vec<(i32, i64, Vec<i32>)> = Vec::new();
             let mut by_stack: HashMap<i32, usize> = HashMap::new();
             for sample in samples {
                 let stack = dict.stack(&sample.frames);
@@ -66,7 +69,11 @@ pub fn request(
                     Some(&i) => counts[i].1 = counts[i].1.saturating_add(count),
                     None => {
                         by_stack.insert(stack, counts.len());
-                        counts.push((stack, count));
+                        let leaf_kind = sample
+                            .frames
+                            .first()
+                            .map(|leaf| dict.attribute(FRAME_KIND, leaf.kind.as_str()));
+                        counts.push((stack, count, leaf_kind.into_iter().collect()));
                     }
                 }
             }
@@ -74,9 +81,10 @@ pub fn request(
                 sample_type: Some(sample_type),
                 samples: counts
                     .into_iter()
-                    .map(|(stack_index, count)| OtlpSample {
+                    .map(|(stack_index, count, attribute_indices)| OtlpSample {
                         stack_index,
                         values: vec![count],
+                        attribute_indices,
                         ..Default::default()
                     })
                     .collect(),
