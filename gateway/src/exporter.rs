@@ -1,13 +1,7 @@
-//! The traces exporter: a queue bounded in spans, one worker that batches
-//! queued requests and sends them to an OTLP/gRPC endpoint, retrying with
-//! exponential backoff on retryable errors only.
-//!
-//! A span counts against the capacity from the moment a client's request is
-//! queued until the backend accepted it or it was dropped, so the queue bounds
-//! memory, and a full queue is what clients see as backpressure.
+//! The traces exporter: one worker that batches queued client requests
+//! (see [`crate::queue`]) and sends them to an OTLP/gRPC endpoint, retrying
+//! with exponential backoff on retryable errors only.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -16,7 +10,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -24,10 +17,8 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::TracesExporter;
-use crate::metrics::{ExporterLabels, Metrics};
-use crate::otlp::{Refusal, retryable, span_count};
-
-const LABELS: ExporterLabels = ExporterLabels { exporter: "traces" };
+use crate::otlp::retryable;
+use crate::queue::{ExporterMetrics, Queue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExporterError {
@@ -39,175 +30,20 @@ pub enum ExporterError {
     },
 }
 
-struct Item {
-    spans: u64,
-    resource_spans: Vec<ResourceSpans>,
-}
-
-#[derive(Default)]
-struct State {
-    items: VecDeque<Item>,
-    /// Spans of `items`.
-    queued: u64,
-    /// Queued plus being sent: what counts against the capacity.
-    held: u64,
-    closed: bool,
-}
-
-pub struct TraceQueue {
-    state: Mutex<State>,
-    notify: Notify,
-    capacity: u64,
-    metrics: Metrics,
-}
-
-impl TraceQueue {
-    pub fn new(capacity: u64, metrics: Metrics) -> Self {
-        metrics
-            .queue_capacity_spans
-            .get_or_create(&LABELS)
-            .set(capacity as i64);
-        metrics.queue_spans.get_or_create(&LABELS).set(0);
-        TraceQueue {
-            state: Mutex::new(State::default()),
-            notify: Notify::new(),
-            capacity,
-            metrics,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues one client request; once this returns `Ok` the spans are the
-    /// exporter's responsibility and the client may be acknowledged.
-    pub fn push(&self, resource_spans: Vec<ResourceSpans>) -> Result<(), Refusal> {
-        let spans = span_count(&resource_spans);
-        if spans > self.capacity {
-            return Err(Refusal::OverCapacity {
-                spans,
-                capacity: self.capacity,
-            });
-        }
-        let mut state = self.lock();
-        if state.closed {
-            return Err(Refusal::Draining);
-        }
-        if state.held + spans > self.capacity {
-            return Err(Refusal::QueueFull {
-                queued: state.held,
-                capacity: self.capacity,
-                retry_after: Duration::from_secs(1),
-            });
-        }
-        state.held += spans;
-        state.queued += spans;
-        state.items.push_back(Item {
-            spans,
-            resource_spans,
-        });
-        self.metrics
-            .queue_spans
-            .get_or_create(&LABELS)
-            .set(state.held as i64);
-        drop(state);
-        self.notify.notify_one();
-        Ok(())
-    }
-
-    /// Refuses further pushes; what is queued is still sent.
-    pub fn close(&self) {
-        self.lock().closed = true;
-        self.notify.notify_one();
-    }
-
-    pub fn held(&self) -> u64 {
-        self.lock().held
-    }
-
-    /// Takes the next batch: waits for a first request, then up to
-    /// `linger` for `max_spans` to gather (not when closed). `None` once
-    /// closed and empty.
-    async fn take(&self, max_spans: u64, linger: Duration) -> Option<(u64, Vec<ResourceSpans>)> {
-        loop {
-            {
-                let state = self.lock();
-                if !state.items.is_empty() {
-                    break;
-                }
-                if state.closed {
-                    return None;
-                }
-            }
-            self.notify.notified().await;
-        }
-        let deadline = Instant::now() + linger;
-        loop {
-            {
-                let state = self.lock();
-                if state.closed || state.queued >= max_spans {
-                    break;
-                }
-            }
-            if tokio::time::timeout_at(deadline, self.notify.notified())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        let mut state = self.lock();
-        let mut spans = 0;
-        let mut batch = Vec::new();
-        while let Some(front) = state.items.front() {
-            if spans > 0 && spans + front.spans > max_spans {
-                break;
-            }
-            let item = state.items.pop_front().expect("front exists");
-            spans += item.spans;
-            batch.extend(item.resource_spans);
-        }
-        state.queued -= spans;
-        Some((spans, batch))
-    }
-
-    /// The spans of a taken batch are gone: sent or dropped.
-    fn release(&self, spans: u64) {
-        let mut state = self.lock();
-        state.held -= spans;
-        self.metrics
-            .queue_spans
-            .get_or_create(&LABELS)
-            .set(state.held as i64);
-    }
-
-    /// Drops everything still queued (drain timed out); returns the span count.
-    fn discard(&self) -> u64 {
-        let mut state = self.lock();
-        let spans = state.queued;
-        state.items.clear();
-        state.queued = 0;
-        state.held -= spans;
-        self.metrics
-            .queue_spans
-            .get_or_create(&LABELS)
-            .set(state.held as i64);
-        spans
-    }
-}
+/// Client requests waiting for the traces exporter, weighed in spans.
+pub type TraceQueue = Queue<Vec<ResourceSpans>>;
 
 pub struct TraceExporter {
     client: tonic::client::Grpc<Channel>,
     config: TracesExporter,
-    metrics: Metrics,
+    metrics: ExporterMetrics,
 }
 
 impl TraceExporter {
     pub fn new(
         endpoint: &str,
         config: TracesExporter,
-        metrics: Metrics,
+        metrics: ExporterMetrics,
     ) -> Result<Self, ExporterError> {
         let channel = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|source| ExporterError::Endpoint {
@@ -233,18 +69,15 @@ impl TraceExporter {
                 next = queue.take(self.config.batch_spans.max(1), linger) => next,
                 () = abort.cancelled() => break,
             };
-            let Some((spans, resource_spans)) = next else {
+            let Some((spans, batch)) = next else {
                 break;
             };
+            let resource_spans = batch.into_iter().flatten().collect();
             self.send(spans, resource_spans, &abort).await;
             queue.release(spans);
         }
         let left = queue.discard();
         if left > 0 {
-            self.metrics
-                .dropped_spans
-                .get_or_create(&LABELS)
-                .inc_by(left);
             tracing::warn!(spans = left, "drain timed out, dropping queued spans");
         }
     }
@@ -285,15 +118,12 @@ impl TraceExporter {
                         Some((n, message)) => {
                             let n = n.min(spans);
                             tracing::warn!(spans = n, %message, "backend rejected spans");
-                            self.metrics.dropped_spans.get_or_create(&LABELS).inc_by(n);
+                            self.metrics.dropped.inc_by(n);
                             n
                         }
                         None => 0,
                     };
-                    self.metrics
-                        .sent_spans
-                        .get_or_create(&LABELS)
-                        .inc_by(spans - rejected_spans);
+                    self.metrics.sent.inc_by(spans - rejected_spans);
                     return;
                 }
                 Err(status) => status,
@@ -308,10 +138,7 @@ impl TraceExporter {
                     retryable = retry,
                     "dropping spans the backend did not take"
                 );
-                self.metrics
-                    .dropped_spans
-                    .get_or_create(&LABELS)
-                    .inc_by(spans);
+                self.metrics.dropped.inc_by(spans);
                 return;
             }
             let delay = hint.unwrap_or(backoff);
@@ -332,10 +159,7 @@ impl TraceExporter {
                 ?delay,
                 "export failed, retrying"
             );
-            self.metrics
-                .retried_spans
-                .get_or_create(&LABELS)
-                .inc_by(spans);
+            self.metrics.retried.inc_by(spans);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = abort.cancelled() => {}
@@ -399,51 +223,5 @@ impl<R: Message + Default> Decoder for PreEncoded<R> {
         R::decode(src.copy_to_bytes(src.remaining()))
             .map(Some)
             .map_err(|e| Status::internal(format!("decoding the backend's response: {e}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
-
-    use super::*;
-
-    fn spans(n: usize) -> Vec<ResourceSpans> {
-        vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span::default(); n],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }]
-    }
-
-    #[tokio::test]
-    async fn queue_bounds_held_spans_until_released() {
-        let q = TraceQueue::new(10, Metrics::default());
-        q.push(spans(4)).unwrap();
-        q.push(spans(4)).unwrap();
-        assert!(matches!(
-            q.push(spans(4)),
-            Err(Refusal::QueueFull { queued: 8, .. })
-        ));
-        assert!(matches!(
-            q.push(spans(11)),
-            Err(Refusal::OverCapacity { .. })
-        ));
-        // A batch of at most 5 spans takes one request of 4 (never splits one).
-        let (n, _) = q.take(5, Duration::ZERO).await.unwrap();
-        assert_eq!(n, 4);
-        // Taken but not yet sent still counts.
-        assert!(q.push(spans(4)).is_err());
-        q.release(n);
-        q.push(spans(4)).unwrap();
-        let (n, batch) = q.take(100, Duration::ZERO).await.unwrap();
-        assert_eq!((n, batch.len()), (8, 2));
-        q.release(n);
-        q.close();
-        assert_eq!(q.push(spans(1)), Err(Refusal::Draining));
-        assert!(q.take(100, Duration::ZERO).await.is_none());
-        assert_eq!(q.held(), 0);
     }
 }
