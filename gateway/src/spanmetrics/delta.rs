@@ -200,10 +200,6 @@ impl SeriesMap {
         self.per_family[family.index()]
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// The entry of `key`, created at zero if new; the overflow series' entry
     /// when the family is full. The flag says whether it overflowed.
     pub fn entry(&mut self, key: SeriesKey, buckets: &Buckets) -> (&mut Entry, bool) {
@@ -251,7 +247,7 @@ impl SeriesMap {
         self.map.iter()
     }
 
-    pub fn into_iter(self) -> impl Iterator<Item = (SeriesKey, Value)> {
+    pub fn into_series(self) -> impl Iterator<Item = (SeriesKey, Value)> {
         self.map.into_iter().map(|(k, e)| (k, e.value))
     }
 }

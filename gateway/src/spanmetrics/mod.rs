@@ -287,7 +287,7 @@ impl Generator {
         let deltas = std::mem::replace(&mut *self.lock_deltas(), SeriesMap::new(self.max_series));
         let mut local = Vec::new();
         let mut remote: HashMap<Arc<str>, Vec<(SeriesKey, Value)>> = HashMap::new();
-        for (key, value) in deltas.into_iter() {
+        for (key, value) in deltas.into_series() {
             match self.router.owner(&key.owner_key()) {
                 Owner::Local => local.push((key, value)),
                 Owner::Remote(member) => remote.entry(member).or_default().push((key, value)),

@@ -80,10 +80,6 @@ impl EdgeStore {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
-
     /// Adds one half; the edge when the other half was already here.
     pub fn upsert(
         &mut self,
@@ -231,6 +227,10 @@ mod tests {
             (edges[0].server.as_str(), edges[0].connection_type),
             ("stripe", VIRTUAL)
         );
-        assert_eq!(store.len(), 0);
+        assert_eq!(
+            store.expire(now + Duration::from_secs(3600)).0,
+            0,
+            "nothing left"
+        );
     }
 }
