@@ -57,14 +57,16 @@ pub struct ExporterFamilies {
 
 impl ExporterFamilies {
     fn register(&self, r: &mut Registry, unit: &str) {
+        let mut capitalized = unit.to_owned(); // the help text starts a sentence
+        capitalized[..1].make_ascii_uppercase();
         r.register(
             format!("exporter_sent_{unit}"),
-            format!("{unit} the backend accepted"),
+            format!("{capitalized} the backend accepted"),
             self.sent.clone(),
         );
         r.register(
             format!("exporter_retried_{unit}"),
-            format!("{unit} whose export failed with a retryable error and was retried"),
+            format!("{capitalized} whose export failed with a retryable error and was retried"),
             self.retried.clone(),
         );
         r.register(
@@ -76,12 +78,12 @@ impl ExporterFamilies {
         );
         r.register(
             format!("exporter_queue_{unit}"),
-            format!("{unit} queued or being sent"),
+            format!("{capitalized} queued or being sent"),
             self.held.clone(),
         );
         r.register(
             format!("exporter_queue_capacity_{unit}"),
-            format!("{unit} the queue holds at most"),
+            format!("{capitalized} the queue holds at most"),
             self.capacity.clone(),
         );
     }

@@ -258,6 +258,10 @@ impl SeriesMap {
 pub struct DeltaBatch {
     #[prost(message, repeated, tag = "1")]
     pub series: Vec<SeriesDelta>,
+    /// The series are the sender's whole totals of series it owned until
+    /// now: the receiver continues them (they are not new series).
+    #[prost(bool, tag = "2")]
+    pub handover: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -301,8 +305,9 @@ pub enum DeltaError {
     },
 }
 
-pub fn encode(series: &[(SeriesKey, Value)]) -> Bytes {
+pub fn encode(series: &[(SeriesKey, Value)], handover: bool) -> Bytes {
     DeltaBatch {
+        handover,
         series: series
             .iter()
             .map(|(key, value)| SeriesDelta {
@@ -324,11 +329,15 @@ pub fn encode(series: &[(SeriesKey, Value)]) -> Bytes {
     .into()
 }
 
+/// A batch's series, and whether it is a handover.
+pub type Decoded = (Vec<(SeriesKey, Value)>, bool);
+
 /// Decodes a batch and checks every series has this member's shape (labels,
 /// counters, histograms and their buckets).
-pub fn decode(body: &[u8], buckets: &Buckets) -> Result<Vec<(SeriesKey, Value)>, DeltaError> {
+pub fn decode(body: &[u8], buckets: &Buckets) -> Result<Decoded, DeltaError> {
     let batch = DeltaBatch::decode(body).map_err(|e| DeltaError::Decode(e.to_string()))?;
-    batch
+    let handover = batch.handover;
+    let series = batch
         .series
         .into_iter()
         .map(|s| {
@@ -376,7 +385,8 @@ pub fn decode(body: &[u8], buckets: &Buckets) -> Result<Vec<(SeriesKey, Value)>,
                 },
             ))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((series, handover))
 }
 
 #[cfg(test)]
@@ -416,8 +426,8 @@ mod tests {
             ),
             (SeriesKey::overflow(Family::ServiceGraph), edge),
         ];
-        let body = encode(&series);
-        assert_eq!(decode(&body, &b).unwrap(), series);
+        let body = encode(&series, true);
+        assert_eq!(decode(&body, &b).unwrap(), (series, true));
 
         let other = Buckets {
             span_metrics: vec![1.0],
@@ -434,6 +444,7 @@ mod tests {
                 family: 9,
                 ..Default::default()
             }],
+            handover: false,
         }
         .encode_to_vec();
         assert_eq!(decode(&unknown, &b), Err(DeltaError::UnknownFamily(9)));

@@ -249,8 +249,8 @@ impl Generator {
     /// (the ring's `/vispyr.ring.v1.Ring/Deltas` handler calls this); returns
     /// the number of series in it.
     pub fn receive(&self, batch: &[u8]) -> Result<usize, DeltaError> {
-        let series = match delta::decode(batch, &self.buckets) {
-            Ok(series) => series,
+        let (series, handover) = match delta::decode(batch, &self.buckets) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 self.metrics.batch("refused");
                 return Err(e);
@@ -258,7 +258,7 @@ impl Generator {
         };
         self.metrics.batch("received");
         let n = series.len();
-        self.merge_owned(series);
+        self.merge_owned(series, handover);
         Ok(n)
     }
 
@@ -293,18 +293,46 @@ impl Generator {
                 Owner::Remote(member) => remote.entry(member).or_default().push((key, value)),
             }
         }
-        self.merge_owned(local);
-        for (member, series) in remote {
-            match self.router.send(&member, delta::encode(&series)).await {
-                Ok(()) => self.metrics.batch("sent"),
-                Err(e) => {
-                    self.metrics.batch("send_failed");
-                    tracing::warn!(%member, series = series.len(), error = %e,
-                        "cannot send span metrics deltas, keeping them for the next interval");
-                    let mut deltas = self.lock_deltas();
-                    for (key, value) in series {
-                        self.add(&mut deltas, key, |v| v.merge(&value));
-                    }
+        self.merge_owned(local, false);
+        // Series whose ownership moved (ring membership changed) are handed
+        // over whole: the new owner continues from this total, and this
+        // member stops writing them, so a series keeps one writer.
+        let mut handovers: HashMap<Arc<str>, Vec<(SeriesKey, Value)>> = HashMap::new();
+        self.lock_owned()
+            .series
+            .retain(|key, entry| match self.router.owner(&key.owner_key()) {
+                Owner::Local => true,
+                Owner::Remote(member) => {
+                    handovers
+                        .entry(member)
+                        .or_default()
+                        .push((key.clone(), entry.value.clone()));
+                    false
+                }
+            });
+        let batches = remote
+            .into_iter()
+            .map(|(m, s)| (m, s, false))
+            .chain(handovers.into_iter().map(|(m, s)| (m, s, true)));
+        for (member, series, handover) in batches {
+            let sent = self
+                .router
+                .send(&member, delta::encode(&series, handover))
+                .await;
+            let Err(e) = sent else {
+                self.metrics.batch("sent");
+                continue;
+            };
+            self.metrics.batch("send_failed");
+            tracing::warn!(%member, series = series.len(), handover, error = %e,
+                "cannot send span metrics to their owner, keeping them for the next interval");
+            if handover {
+                // Still this member's to hand over: kept whole, tried again.
+                self.merge_owned(series, true);
+            } else {
+                let mut deltas = self.lock_deltas();
+                for (key, value) in series {
+                    self.add(&mut deltas, key, |v| v.merge(&value));
                 }
             }
         }
@@ -346,7 +374,9 @@ impl Generator {
         }
     }
 
-    fn merge_owned(&self, series: Vec<(SeriesKey, Value)>) {
+    /// Adds to the owned totals; `continued` series were written before
+    /// (by their previous owner), so they get no initial zero.
+    fn merge_owned(&self, series: Vec<(SeriesKey, Value)>, continued: bool) {
         if series.is_empty() {
             return;
         }
@@ -357,6 +387,7 @@ impl Generator {
             let (entry, overflowed) = owned.series.entry(key, &self.buckets);
             entry.value.merge(&value);
             entry.updated_ms = now;
+            entry.written |= continued;
             if overflowed {
                 self.overflowed(family, "owner");
             }

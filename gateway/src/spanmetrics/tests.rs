@@ -386,3 +386,84 @@ fn bad_buckets_are_refused_by_key() {
         "{err}"
     );
 }
+
+/// Owner of every series: `a` until `moved`, then `b`.
+struct Moving {
+    b: Arc<Generator>,
+    moved: std::sync::atomic::AtomicBool,
+}
+
+impl DeltaRouter for Moving {
+    fn owner(&self, _series_key: &[u8]) -> Owner {
+        if self.moved.load(std::sync::atomic::Ordering::SeqCst) {
+            Owner::Remote("b".into())
+        } else {
+            Owner::Local
+        }
+    }
+
+    fn send(&self, _member: &str, batch: Bytes) -> SendFuture {
+        let result = self.b.receive(&batch).map(|_| ()).map_err(BoxError::from);
+        Box::pin(async move { result })
+    }
+}
+
+#[tokio::test]
+async fn a_series_whose_owner_changes_is_handed_over_whole() {
+    let queue_a = Arc::new(Queue::new(100_000, ExporterMetrics::default()));
+    let queue_b = Arc::new(Queue::new(100_000, ExporterMetrics::default()));
+    let b = Arc::new(
+        Generator::new(
+            &config(),
+            Arc::new(LocalOnly),
+            Some(queue_b.clone()),
+            Default::default(),
+        )
+        .unwrap(),
+    );
+    let router = Arc::new(Moving {
+        b: b.clone(),
+        moved: Default::default(),
+    });
+    let a = Generator::new(
+        &config(),
+        router.clone(),
+        Some(queue_a.clone()),
+        Default::default(),
+    )
+    .unwrap();
+    let calls = |w: &Written| {
+        value(
+            w,
+            "traces_spanmetrics_calls_total",
+            &[
+                ("service", "web"),
+                ("span_name", "op-web"),
+                ("span_kind", "SPAN_KIND_INTERNAL"),
+                ("status_code", "STATUS_CODE_UNSET"),
+            ],
+        )
+    };
+    for trace in 1..=3 {
+        a.observe(&request(
+            trace,
+            vec![span("web", 1, None, SpanKind::Internal)],
+        ));
+    }
+    a.flush(Instant::now()).await;
+    assert_eq!(calls(&written(&queue_a).await), Some(3.0));
+
+    router
+        .moved
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    a.observe(&request(4, vec![span("web", 1, None, SpanKind::Internal)]));
+    a.flush(Instant::now()).await;
+    b.flush(Instant::now()).await;
+    assert!(written(&queue_a).await.is_empty(), "a no longer writes it");
+    assert!(queue_b.held() > 0);
+    assert_eq!(
+        calls(&written(&queue_b).await),
+        Some(4.0),
+        "b continues from a's total"
+    );
+}
