@@ -19,6 +19,7 @@
 //! histograms have no remote write v1 form and are rejected too.
 
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -109,8 +110,14 @@ impl Converted {
     }
 }
 
-/// Milliseconds since the epoch of an OTLP timestamp.
+/// Milliseconds since the epoch of an OTLP timestamp; a point without one
+/// is stamped now (Prometheus would refuse time 0, and the whole batch with it).
 fn millis(unix_nano: u64) -> i64 {
+    if unix_nano == 0 {
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+    }
     (unix_nano / 1_000_000) as i64
 }
 

@@ -239,8 +239,8 @@ impl SeriesMap {
         });
     }
 
-    pub fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
-        self.map.values_mut()
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&SeriesKey, &mut Entry)> {
+        self.map.iter_mut()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&SeriesKey, &Entry)> {

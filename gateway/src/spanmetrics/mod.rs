@@ -53,6 +53,9 @@ pub enum Owner {
     Remote(Arc<str>),
 }
 
+/// Samples per queued span metrics write, at most about.
+const WRITE_CHUNK_SAMPLES: u64 = 5_000;
+
 pub type SendFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
 /// Where deltas go: the ring implements it; alone, [`LocalOnly`].
@@ -349,21 +352,6 @@ impl Generator {
         owned.last_ms = ts;
         let idle = self.idle_ms;
         owned.series.retain(|_, e| ts - e.updated_ms < idle);
-        let mut series: Vec<TimeSeries> = Vec::new();
-        for (key, entry) in owned.series.iter() {
-            render::series(key, entry, &self.buckets, ts, &mut series);
-        }
-        if series.is_empty() {
-            return;
-        }
-        match out.push(TimeSeries::samples(&series), series) {
-            Ok(()) => owned.series.entries_mut().for_each(|e| e.written = true),
-            Err(refusal) => {
-                // Nothing is lost: the next interval writes the totals again.
-                self.metrics.writes_skipped.inc();
-                tracing::warn!(%refusal, "span metrics not written this interval");
-            }
-        }
         for family in Family::ALL {
             self.metrics
                 .series
@@ -371,6 +359,35 @@ impl Generator {
                     family: family.name(),
                 })
                 .set(owned.series.len(family) as i64);
+        }
+        // In chunks: one request stays a reasonable size, and a full queue
+        // skips only some series for one interval.
+        let mut chunk: Vec<TimeSeries> = Vec::new();
+        let mut samples = 0;
+        let mut entries: Vec<&mut delta::Entry> = Vec::new();
+        let mut skipped = None;
+        let mut entries_iter = owned.series.iter_mut().peekable();
+        while let Some((key, entry)) = entries_iter.next() {
+            let before = chunk.len();
+            render::series(key, entry, &self.buckets, ts, &mut chunk);
+            samples += TimeSeries::samples(&chunk[before..]);
+            entries.push(entry);
+            if samples < WRITE_CHUNK_SAMPLES && entries_iter.peek().is_some() {
+                continue;
+            }
+            match out.push(samples, std::mem::take(&mut chunk)) {
+                Ok(()) => entries.drain(..).for_each(|e| e.written = true),
+                Err(refusal) => {
+                    entries.clear();
+                    skipped = Some(refusal);
+                }
+            }
+            samples = 0;
+        }
+        if let Some(refusal) = skipped {
+            // Nothing is lost: the next interval writes the totals again.
+            self.metrics.writes_skipped.inc();
+            tracing::warn!(%refusal, "span metrics not (all) written this interval");
         }
     }
 
