@@ -113,7 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
     };
     let mut pipeline = Pipeline::new(metrics, exporter.as_ref().map(|(q, _)| q.clone()));
     if let Some(generator) = &generator {
-        pipeline = pipeline.with_span_observer(generator.clone());
+        pipeline = pipeline.with_observer(generator.clone());
     }
     if let Some((queue, _)) = &metrics_export {
         pipeline = pipeline.with_metrics_queue(queue.clone());

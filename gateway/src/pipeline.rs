@@ -16,16 +16,17 @@ use crate::otlp::{Refusal, Routed, Signal, retain_valid_spans, span_count};
 use crate::profiles::ProfileQueue;
 use crate::remote_write::{SeriesQueue, TimeSeries, convert};
 
-/// Sees every valid span accepted at its trace's owner, once, before any
-/// sampling (span metrics and service graph).
-pub trait SpanObserver: Send + Sync {
-    fn observe(&self, request: &ExportTraceServiceRequest);
+/// Sees the spans this member owns, once each, as they are accepted for
+/// export (before any sampling): where span metrics are computed. Called on
+/// the request path, so it must be quick.
+pub trait SpanObserver: Send + Sync + 'static {
+    fn observe(&self, spans: &ExportTraceServiceRequest);
 }
 
 pub struct Pipeline {
     metrics: Metrics,
     traces: Option<Arc<TraceQueue>>,
-    observer: Option<Arc<dyn SpanObserver>>,
+    observers: Vec<Arc<dyn SpanObserver>>,
     series: Option<Arc<SeriesQueue>>,
     profiles: Option<Arc<ProfileQueue>>,
 }
@@ -35,14 +36,14 @@ impl Pipeline {
         Pipeline {
             metrics,
             traces,
-            observer: None,
+            observers: Vec::new(),
             series: None,
             profiles: None,
         }
     }
 
-    pub fn with_span_observer(mut self, observer: Arc<dyn SpanObserver>) -> Self {
-        self.observer = Some(observer);
+    pub fn with_observer(mut self, observer: Arc<dyn SpanObserver>) -> Self {
+        self.observers.push(observer);
         self
     }
 
@@ -116,9 +117,9 @@ impl Pipeline {
         }
     }
 
-    fn observe(&self, traces: &ExportTraceServiceRequest) {
-        if let Some(observer) = &self.observer {
-            observer.observe(traces);
+    fn observe(&self, spans: &ExportTraceServiceRequest) {
+        for observer in &self.observers {
+            observer.observe(spans);
         }
     }
 
