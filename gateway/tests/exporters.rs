@@ -208,6 +208,33 @@ async fn otlp_metrics_are_queryable_in_prometheus_under_their_converted_names() 
             .await,
         1.0
     );
+
+    // A point 3 hours old is out of Prometheus' bounds: HTTP 400, permanent,
+    // so dropped without retry.
+    let mut old = gauge("old.reading", "", 1.0, vec![]);
+    if let Some(Data::Gauge(g)) = &mut old.data {
+        g.data_points[0].time_unix_nano = now_nanos() - 3 * 3600 * 1_000_000_000;
+    }
+    let request = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: resource(vec![kv("service.name", "cart")]),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![old],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    client.export(request).await.unwrap();
+    let dropped = r#"vispyr_gateway_exporter_dropped_samples_total{exporter="metrics"}"#;
+    eventually(WAIT, || async {
+        let n = gateway.metric(dropped).await;
+        if n == 1.0 { Ok(()) } else { Err(n) }
+    })
+    .await
+    .unwrap();
+    let retried = r#"vispyr_gateway_exporter_retried_samples_total{exporter="metrics"}"#;
+    assert_eq!(gateway.metric(retried).await, 0.0);
 }
 
 #[tokio::test]
