@@ -467,3 +467,39 @@ async fn a_series_whose_owner_changes_is_handed_over_whole() {
         "b continues from a's total"
     );
 }
+
+#[tokio::test]
+async fn a_large_write_is_queued_in_chunks_and_every_series_is_written() {
+    let queue = Arc::new(Queue::new(1_000_000, ExporterMetrics::default()));
+    let generator = Generator::new(
+        &config(),
+        Arc::new(LocalOnly),
+        Some(queue.clone()),
+        Default::default(),
+    )
+    .unwrap();
+    let mut many = request(1, vec![span("web", 1, None, SpanKind::Internal)]);
+    let spans = &mut many.resource_spans[0].scope_spans[0].spans;
+    let one = spans.remove(0);
+    spans.extend((0..1000).map(|i| Span {
+        name: format!("op-{i}"),
+        ..one.clone()
+    }));
+    generator.observe(&many);
+    generator.flush(Instant::now()).await;
+    // 1000 series of 6 series each (calls, 3 buckets, sum, count), 2 samples
+    // each the first time: 12000 samples, in chunks of at most about 5000.
+    let mut items = 0;
+    let mut samples = 0;
+    while queue.held() > 0 {
+        let (n, batch) = queue.take(1, Duration::ZERO).await.unwrap();
+        assert!(n < WRITE_CHUNK_SAMPLES + 12, "{n}");
+        items += batch.len();
+        samples += n;
+        queue.release(n);
+    }
+    assert_eq!((items, samples), (3, 12_000));
+    // Every series was marked written: no initial zeros the next time.
+    generator.flush(Instant::now()).await;
+    assert_eq!(queue.held(), 6_000);
+}
