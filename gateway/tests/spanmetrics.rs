@@ -3,6 +3,8 @@
 //! label values, edges between services with their request and failure counts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -299,4 +301,212 @@ async fn span_metrics_are_written_once_more_on_sigterm() {
         query(&prometheus, "sum(traces_spanmetrics_calls_total)", &[]).await,
         expect(&[(&[], 6.0)])
     );
+}
+
+const SPANMETRICS_SERIES: &str = r#"vispyr_gateway_spanmetrics_series{family="spanmetrics"}"#;
+const SERVICE_GRAPH_SERIES: &str = r#"vispyr_gateway_spanmetrics_series{family="service_graph"}"#;
+
+async fn sum_over(members: &[&Gateway], series: &str) -> f64 {
+    let mut total = 0.0;
+    for m in members {
+        total += m.metric(series).await;
+    }
+    total
+}
+
+/// Sends trace `i`'s three requests (one per service) to `members` in turn
+/// from `i`, so the halves of each edge reach different members; retries a
+/// request another member until one acknowledges it.
+async fn send_trace(clients: &mut [TraceServiceClient<tonic::transport::Channel>], i: u64) {
+    for (j, request) in trace(i).into_iter().enumerate() {
+        let mut attempt = 0;
+        loop {
+            let client = &mut clients[(i as usize + j + attempt) % clients.len()];
+            match client.export(request.clone()).await {
+                Ok(answer) => {
+                    assert_eq!(answer.into_inner().partial_success, None);
+                    break;
+                }
+                Err(status) => {
+                    let (retry, _) = vispyr_gateway::otlp::retryable(&status);
+                    assert!(retry && attempt < 100, "{status:?}");
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The totals Prometheus shows for `traces` traces of [`trace`]: every span
+/// counted once, per service, per edge; and no series ever went down.
+async fn assert_exact(prometheus: &Prometheus, traces: u64) {
+    let spans = (traces * 6) as f64;
+    eventually(WAIT, || async {
+        let got = query(prometheus, "sum(traces_spanmetrics_calls_total)", &[]).await;
+        match got.values().next() == Some(&spans) {
+            true => Ok(()),
+            false => Err(got),
+        }
+    })
+    .await
+    .unwrap();
+    let t = traces as f64;
+    let by_service = query(
+        prometheus,
+        "sum by (service) (traces_spanmetrics_calls_total)",
+        &["service"],
+    )
+    .await;
+    assert_eq!(
+        by_service,
+        expect(&[
+            (&["checkout"], 3.0 * t),
+            (&["frontend"], 2.0 * t),
+            (&["payments"], t)
+        ])
+    );
+    let edges = ["client", "server", "connection_type"];
+    // Edges complete when both halves met on the trace's owner: the last
+    // ones may still be on their way.
+    eventually(WAIT, || async {
+        let got = query(prometheus, "traces_service_graph_request_total", &edges).await;
+        let want = expect(&[
+            (&["checkout", "payments", ""], t),
+            (&["frontend", "checkout", ""], t),
+            (&["user", "frontend", "virtual_node"], t),
+        ]);
+        match got == want {
+            true => Ok(()),
+            false => Err(got),
+        }
+    })
+    .await
+    .unwrap();
+    // A second writer of a series, or a new owner starting again from zero,
+    // shows as a reset: a sample lower than the one before.
+    for family in [
+        "traces_spanmetrics_calls_total",
+        "traces_service_graph_request_total",
+    ] {
+        let resets = format!("sum(resets({family}[10m]))");
+        assert_eq!(
+            query(prometheus, &resets, &[]).await,
+            expect(&[(&[], 0.0)]),
+            "{resets}"
+        );
+    }
+}
+
+/// Each member writes exactly the series it owns (its `spanmetrics_series`
+/// gauges); a series, once written, stays owned by some member (handed over
+/// whole when its owner changes). So the owned counts summing to the series
+/// Prometheus holds means no series has two owners, i.e. two writers.
+async fn assert_one_writer_per_series(prometheus: &Prometheus, members: &[&Gateway]) {
+    for (gauge, series) in [
+        (SPANMETRICS_SERIES, "traces_spanmetrics_calls_total"),
+        (SERVICE_GRAPH_SERIES, "traces_service_graph_request_total"),
+    ] {
+        let count = format!("count({series})");
+        let in_prometheus = query(prometheus, &count, &[]).await;
+        eventually(WAIT, || async {
+            let owned = sum_over(members, gauge).await;
+            match in_prometheus.values().next() == Some(&owned) {
+                true => Ok(()),
+                false => Err((owned, in_prometheus.clone())),
+            }
+        })
+        .await
+        .unwrap();
+    }
+}
+
+// Multi-threaded: the clients keep sending while this thread waits for the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_writes_each_series_once_and_hands_series_over_on_sigterm() {
+    const FIRST: u64 = 24;
+    const SECOND: u64 = 60;
+    let prometheus = Prometheus::start().await.unwrap();
+    let mut members = common::ring(
+        3,
+        &[
+            format!(
+                "exporters.metrics.endpoint={}",
+                prometheus.remote_write_url()
+            ),
+            "exporters.metrics.batch_timeout_ms=20".into(),
+            "span_metrics.interval_ms=300".into(),
+            "drain_timeout_ms=10000".into(),
+        ],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for m in &members {
+        clients.push(TraceServiceClient::connect(m.grpc.clone()).await.unwrap());
+    }
+    for i in 0..FIRST {
+        send_trace(&mut clients, i).await;
+    }
+    assert_exact(&prometheus, FIRST).await;
+    let all: Vec<&Gateway> = members.iter().collect();
+    assert_one_writer_per_series(&prometheus, &all).await;
+    // Each span was observed once, by the owner of its trace.
+    assert_eq!(
+        sum_over(&all, "vispyr_gateway_spanmetrics_spans_total").await,
+        (FIRST * 6) as f64
+    );
+    let leaving_owned = members[2].metric(SPANMETRICS_SERIES).await;
+    assert!(
+        leaving_owned > 0.0,
+        "the member to stop owns no series to hand over"
+    );
+
+    // The survivors keep taking traces while the third member drains.
+    clients.truncate(2);
+    let mut survivors = clients;
+    let sent = Arc::new(AtomicU64::new(0));
+    let sender = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            for i in FIRST..FIRST + SECOND {
+                send_trace(&mut survivors, i).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    eventually(WAIT, || async {
+        match sent.load(Ordering::Relaxed) {
+            n if n >= SECOND / 4 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await
+    .unwrap();
+    let mut leaving = members.pop().unwrap();
+    let status = leaving
+        .process
+        .terminate(Duration::from_secs(20))
+        .expect("exits within the drain timeout");
+    assert!(status.success(), "{status}: {}", leaving.process.log_tail());
+    let during_drain = sent.load(Ordering::Relaxed);
+    assert!(during_drain < SECOND, "the stop was not mid-run");
+    sender.await.unwrap();
+    for m in &members {
+        common::wait_members(m, 2).await;
+    }
+
+    assert_exact(&prometheus, FIRST + SECOND).await;
+    let survivors: Vec<&Gateway> = members.iter().collect();
+    assert_one_writer_per_series(&prometheus, &survivors).await;
+    // Several more intervals: the totals stay exact.
+    let written = r#"vispyr_gateway_exporter_sent_samples_total{exporter="metrics"}"#;
+    let before = sum_over(&survivors, written).await;
+    eventually(WAIT, || async {
+        match sum_over(&survivors, written).await {
+            now if now >= before * 2.0 => Ok(()),
+            now => Err(now),
+        }
+    })
+    .await
+    .unwrap();
+    assert_exact(&prometheus, FIRST + SECOND).await;
 }
