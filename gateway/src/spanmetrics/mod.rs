@@ -318,11 +318,13 @@ impl Generator {
             .into_iter()
             .map(|(m, s)| (m, s, false))
             .chain(handovers.into_iter().map(|(m, s)| (m, s, true)));
-        for (member, series, handover) in batches {
-            let sent = self
-                .router
-                .send(&member, delta::encode(&series, handover))
-                .await;
+        // To every owner at once: a hung member delays the interval by one
+        // forward timeout, not one per member.
+        let sends = batches.map(|(member, series, handover)| {
+            let sent = self.router.send(&member, delta::encode(&series, handover));
+            async move { (sent.await, member, series, handover) }
+        });
+        for (sent, member, series, handover) in futures::future::join_all(sends).await {
             let Err(e) = sent else {
                 self.metrics.batch("sent");
                 continue;
