@@ -387,6 +387,35 @@ fn bad_buckets_are_refused_by_key() {
     );
 }
 
+#[test]
+fn a_delta_batch_that_does_not_decode_is_refused_as_malformed() {
+    let generator =
+        Generator::new(&config(), Arc::new(LocalOnly), None, Default::default()).unwrap();
+    let handler: &dyn DeltasHandler = &generator;
+    let refusal = handler
+        .deltas(Bytes::from_static(b"\xff\xff\xff"))
+        .unwrap_err();
+    assert!(
+        matches!(&refusal, Refusal::Malformed(m) if m.starts_with("span metrics deltas: ")),
+        "{refusal:?}"
+    );
+    // The sender gets INVALID_ARGUMENT: it keeps the deltas, and they are
+    // not applied here.
+    assert_eq!(refusal.to_grpc().code(), tonic::Code::InvalidArgument);
+    let refused = OutcomeLabels { outcome: "refused" };
+    assert_eq!(
+        generator
+            .metrics
+            .delta_batches
+            .get_or_create(&refused)
+            .get(),
+        1
+    );
+    handler
+        .deltas(delta::encode(&[], false))
+        .expect("an empty batch decodes");
+}
+
 /// Owner of every series: `a` until `moved`, then `b`.
 struct Moving {
     b: Arc<Generator>,
