@@ -339,10 +339,7 @@ async fn send_trace(clients: &mut [TraceServiceClient<tonic::transport::Channel>
 
 /// The totals Prometheus shows for `traces` traces of [`trace`]: every span
 /// counted once, per service, per edge; and no series ever went down.
-/// `straddling` traces had their owner change between two of their
-/// requests: the half of an edge that waited on the old owner is gone, so
-/// each of their client-server edges may be missing (never counted twice).
-async fn assert_exact(prometheus: &Prometheus, traces: u64, straddling: u64) {
+async fn assert_exact(prometheus: &Prometheus, traces: u64) {
     let spans = (traces * 6) as f64;
     eventually(WAIT, || async {
         let got = query(prometheus, "sum(traces_spanmetrics_calls_total)", &[]).await;
@@ -373,21 +370,12 @@ async fn assert_exact(prometheus: &Prometheus, traces: u64, straddling: u64) {
     // ones may still be on their way.
     eventually(WAIT, || async {
         let got = query(prometheus, "traces_service_graph_request_total", &edges).await;
-        let paired = |client: &str, server: &str| {
-            let key = vec![client.to_owned(), server.to_owned(), String::new()];
-            got.get(&key)
-                .is_some_and(|v| *v <= t && *v >= t - straddling as f64)
-        };
-        let root = vec![
-            "user".to_owned(),
-            "frontend".to_owned(),
-            "virtual_node".into(),
-        ];
-        let whole = got.len() == 3
-            && paired("checkout", "payments")
-            && paired("frontend", "checkout")
-            && got.get(&root) == Some(&t);
-        match whole {
+        let want = expect(&[
+            (&["checkout", "payments", ""], t),
+            (&["frontend", "checkout", ""], t),
+            (&["user", "frontend", "virtual_node"], t),
+        ]);
+        match got == want {
             true => Ok(()),
             false => Err(got),
         }
@@ -438,10 +426,6 @@ async fn a_ring_writes_each_series_once_and_hands_series_over_on_sigterm() {
     const FIRST: u64 = 24;
     /// Traces sent before the stop starts, and again once it is over.
     const AROUND: u64 = 12;
-    /// The sender sends one trace at a time, and the survivors move the
-    /// stopped member's traces once (the first call it refuses): one trace
-    /// at most is in flight when its owner changes.
-    const STRADDLING: u64 = 1;
     let prometheus = Prometheus::start().await.unwrap();
     let mut members = common::ring(
         3,
@@ -463,7 +447,7 @@ async fn a_ring_writes_each_series_once_and_hands_series_over_on_sigterm() {
     for i in 0..FIRST {
         send_trace(&mut clients, i).await;
     }
-    assert_exact(&prometheus, FIRST, 0).await;
+    assert_exact(&prometheus, FIRST).await;
     let all: Vec<&Gateway> = members.iter().collect();
     assert_one_writer_per_series(&prometheus, &all).await;
     // Each span was observed once, by the owner of its trace.
@@ -521,7 +505,7 @@ async fn a_ring_writes_each_series_once_and_hands_series_over_on_sigterm() {
         common::wait_members(m, 2).await;
     }
 
-    assert_exact(&prometheus, FIRST + second, STRADDLING).await;
+    assert_exact(&prometheus, FIRST + second).await;
     let survivors: Vec<&Gateway> = members.iter().collect();
     assert_one_writer_per_series(&prometheus, &survivors).await;
     // Several more intervals: the totals stay exact.
@@ -535,5 +519,5 @@ async fn a_ring_writes_each_series_once_and_hands_series_over_on_sigterm() {
     })
     .await
     .unwrap();
-    assert_exact(&prometheus, FIRST + second, STRADDLING).await;
+    assert_exact(&prometheus, FIRST + second).await;
 }

@@ -9,6 +9,8 @@ use std::collections::hash_map::Entry as MapEntry;
 use bytes::Bytes;
 use prost::Message;
 
+use super::servicegraph::{Half, Side, Waiting};
+
 /// The metric families generated from spans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
@@ -262,6 +264,31 @@ pub struct DeltaBatch {
     /// now: the receiver continues them (they are not new series).
     #[prost(bool, tag = "2")]
     pub handover: bool,
+    /// Service graph halves that waited for their other half on a member
+    /// that is leaving: the receiver owns their traces and pairs them.
+    #[prost(message, repeated, tag = "3")]
+    pub halves: Vec<HalfDelta>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct HalfDelta {
+    #[prost(bytes = "vec", tag = "1")]
+    pub trace_id: Vec<u8>,
+    /// The client span's ID (the server span's parent).
+    #[prost(bytes = "vec", tag = "2")]
+    pub span_id: Vec<u8>,
+    #[prost(bool, tag = "3")]
+    pub server: bool,
+    #[prost(string, tag = "4")]
+    pub service: String,
+    #[prost(double, tag = "5")]
+    pub seconds: f64,
+    #[prost(bool, tag = "6")]
+    pub failed: bool,
+    #[prost(bool, tag = "7")]
+    pub messaging: bool,
+    #[prost(string, optional, tag = "8")]
+    pub peer: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -308,6 +335,7 @@ pub enum DeltaError {
 pub fn encode(series: &[(SeriesKey, Value)], handover: bool) -> Bytes {
     DeltaBatch {
         handover,
+        halves: Vec::new(),
         series: series
             .iter()
             .map(|(key, value)| SeriesDelta {
@@ -329,14 +357,58 @@ pub fn encode(series: &[(SeriesKey, Value)], handover: bool) -> Bytes {
     .into()
 }
 
-/// A batch's series, and whether it is a handover.
-pub type Decoded = (Vec<(SeriesKey, Value)>, bool);
+/// A batch of service graph halves for the owner of their traces.
+pub fn encode_halves(halves: &[Waiting]) -> Bytes {
+    DeltaBatch {
+        halves: halves
+            .iter()
+            .map(|w| HalfDelta {
+                trace_id: w.id.0.to_vec(),
+                span_id: w.id.1.to_vec(),
+                server: w.side == Side::Server,
+                service: w.half.service.clone(),
+                seconds: w.half.seconds,
+                failed: w.half.failed,
+                messaging: w.half.messaging,
+                peer: w.peer.clone(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// A batch's series, whether it is a handover, and its waiting halves.
+pub type Decoded = (Vec<(SeriesKey, Value)>, bool, Vec<Waiting>);
 
 /// Decodes a batch and checks every series has this member's shape (labels,
 /// counters, histograms and their buckets).
 pub fn decode(body: &[u8], buckets: &Buckets) -> Result<Decoded, DeltaError> {
     let batch = DeltaBatch::decode(body).map_err(|e| DeltaError::Decode(e.to_string()))?;
     let handover = batch.handover;
+    let halves = batch
+        .halves
+        .into_iter()
+        .map(|h| {
+            let bad =
+                || DeltaError::Decode("a service graph half's IDs are not 16 and 8 bytes".into());
+            Ok(Waiting {
+                id: (
+                    h.trace_id.as_slice().try_into().map_err(|_| bad())?,
+                    h.span_id.as_slice().try_into().map_err(|_| bad())?,
+                ),
+                side: if h.server { Side::Server } else { Side::Client },
+                half: Half {
+                    service: h.service,
+                    seconds: h.seconds,
+                    failed: h.failed,
+                    messaging: h.messaging,
+                },
+                peer: h.peer,
+            })
+        })
+        .collect::<Result<_, DeltaError>>()?;
     let series = batch
         .series
         .into_iter()
@@ -386,7 +458,7 @@ pub fn decode(body: &[u8], buckets: &Buckets) -> Result<Decoded, DeltaError> {
             ))
         })
         .collect::<Result<_, _>>()?;
-    Ok((series, handover))
+    Ok((series, handover, halves))
 }
 
 #[cfg(test)]
@@ -427,7 +499,8 @@ mod tests {
             (SeriesKey::overflow(Family::ServiceGraph), edge),
         ];
         let body = encode(&series, true);
-        assert_eq!(decode(&body, &b).unwrap(), (series, true));
+        let (got, handover, halves) = decode(&body, &b).unwrap();
+        assert_eq!((got, handover, halves.len()), (series, true, 0));
 
         let other = Buckets {
             span_metrics: vec![1.0],
@@ -444,10 +517,23 @@ mod tests {
                 family: 9,
                 ..Default::default()
             }],
-            handover: false,
+            ..Default::default()
         }
         .encode_to_vec();
         assert_eq!(decode(&unknown, &b), Err(DeltaError::UnknownFamily(9)));
+        let short_id = DeltaBatch {
+            halves: vec![HalfDelta {
+                trace_id: vec![1; 15],
+                span_id: vec![1; 8],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(matches!(
+            decode(&short_id, &b),
+            Err(DeltaError::Decode(m)) if m.contains("16 and 8 bytes")
+        ));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use vispyr_common::app::BoxError;
 
 use delta::SeriesMap;
 pub use delta::{Buckets, DeltaError, Family, SeriesKey, Value};
-use servicegraph::{Edge, EdgeStore, Half, Side, Upsert};
+use servicegraph::{Edge, EdgeStore, Half, Side, Upsert, Waiting};
 
 use crate::config::SpanMetrics as Config;
 use crate::otlp::Refusal;
@@ -253,7 +253,7 @@ impl Generator {
     /// (the ring's `/vispyr.ring.v1.Ring/Deltas` handler calls this); returns
     /// the number of series in it.
     pub fn receive(&self, batch: &[u8]) -> Result<usize, DeltaError> {
-        let (series, handover) = match delta::decode(batch, &self.buckets) {
+        let (series, handover, halves) = match delta::decode(batch, &self.buckets) {
             Ok(decoded) => decoded,
             Err(e) => {
                 self.metrics.batch("refused");
@@ -263,7 +263,61 @@ impl Generator {
         self.metrics.batch("received");
         let n = series.len();
         self.merge_owned(series, handover);
+        if !halves.is_empty() {
+            let now = Instant::now();
+            let mut edges = Vec::new();
+            {
+                let mut store = self.lock_edges();
+                for w in halves {
+                    let upsert = store.upsert(w.id, w.side, w.half, w.peer, now);
+                    self.paired(upsert, &mut edges);
+                }
+            }
+            self.add_edges(&mut self.lock_deltas(), edges);
+        }
         Ok(n)
+    }
+
+    /// Keeps a completed edge; counts a half the full store dropped.
+    fn paired(&self, upsert: Upsert, edges: &mut Vec<Edge>) {
+        match upsert {
+            Upsert::Complete(edge) => edges.push(edge),
+            Upsert::Waiting => {}
+            Upsert::Dropped => {
+                self.metrics.dropped_edge_spans.inc();
+            }
+        }
+    }
+
+    /// Hands the service graph halves still waiting to the new owners of
+    /// their traces (this member left the ring): the other halves go there.
+    async fn hand_over_halves(&self) {
+        let waiting = self.lock_edges().take_waiting();
+        let mut by_owner: HashMap<Arc<str>, Vec<Waiting>> = HashMap::new();
+        let mut kept = 0;
+        for w in waiting {
+            match self.router.owner(&w.id.0) {
+                Owner::Remote(member) => by_owner.entry(member).or_default().push(w),
+                // Alone: no other member to pair them.
+                Owner::Local => kept += 1,
+            }
+        }
+        self.metrics.expired_edges.inc_by(kept);
+        let sends = by_owner.into_iter().map(|(member, halves)| {
+            let sent = self.router.send(&member, delta::encode_halves(&halves));
+            async move { (sent.await, member, halves.len()) }
+        });
+        for (sent, member, halves) in futures::future::join_all(sends).await {
+            match sent {
+                Ok(()) => self.metrics.batch("sent"),
+                Err(e) => {
+                    self.metrics.batch("send_failed");
+                    self.metrics.expired_edges.inc_by(halves as u64);
+                    tracing::warn!(%member, halves, error = %e,
+                        "cannot hand service graph halves to their trace's owner");
+                }
+            }
+        }
     }
 
     /// Every `interval_ms` until `stop`: expire edges, route the deltas,
@@ -279,6 +333,7 @@ impl Generator {
                 () = stop.cancelled() => break,
             }
         }
+        self.hand_over_halves().await;
         self.flush(Instant::now()).await;
     }
 
@@ -592,13 +647,7 @@ impl SpanObserver for Generator {
                         },
                         _ => continue,
                     };
-                    match upsert {
-                        Upsert::Complete(edge) => edges.push(edge),
-                        Upsert::Waiting => {}
-                        Upsert::Dropped => {
-                            self.metrics.dropped_edge_spans.inc();
-                        }
-                    }
+                    self.paired(upsert, &mut edges);
                 }
             }
         }

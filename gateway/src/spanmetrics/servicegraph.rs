@@ -30,7 +30,7 @@ pub struct Edge {
 }
 
 /// One span's half of an edge.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Half {
     pub service: String,
     pub seconds: f64,
@@ -52,6 +52,17 @@ struct Pending {
     /// The client span's name for its peer (`peer.service`, ...).
     peer: Option<String>,
     expires: Option<Instant>,
+}
+
+/// A half still waiting for its other half, as handed to the trace's new
+/// owner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub id: EdgeId,
+    pub side: Side,
+    pub half: Half,
+    /// The client span's name for its peer.
+    pub peer: Option<String>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -123,6 +134,32 @@ impl EdgeStore {
             client: client.service,
             server: server.service,
         })
+    }
+
+    /// Takes every half still waiting, for the new owners of their traces
+    /// to pair (this member is leaving the ring).
+    pub fn take_waiting(&mut self) -> Vec<Waiting> {
+        self.order.clear();
+        let mut out = Vec::new();
+        for (id, p) in self.pending.drain() {
+            if let Some(half) = p.client {
+                out.push(Waiting {
+                    id,
+                    side: Side::Client,
+                    half,
+                    peer: p.peer,
+                });
+            }
+            if let Some(half) = p.server {
+                out.push(Waiting {
+                    id,
+                    side: Side::Server,
+                    half,
+                    peer: None,
+                });
+            }
+        }
+        out
     }
 
     /// Removes the halves that waited too long: returns how many, and the

@@ -532,3 +532,40 @@ async fn a_large_write_is_queued_in_chunks_and_every_series_is_written() {
     generator.flush(Instant::now()).await;
     assert_eq!(queue.held(), 6_000);
 }
+
+#[tokio::test]
+async fn a_leaving_member_hands_waiting_edge_halves_to_the_traces_new_owner() {
+    let queue_b = Arc::new(Queue::new(100_000, ExporterMetrics::default()));
+    let b = Arc::new(
+        Generator::new(
+            &config(),
+            Arc::new(LocalOnly),
+            Some(queue_b.clone()),
+            Default::default(),
+        )
+        .unwrap(),
+    );
+    let router = Arc::new(Moving {
+        b: b.clone(),
+        moved: Default::default(),
+    });
+    let a = Arc::new(Generator::new(&config(), router.clone(), None, Default::default()).unwrap());
+    // The client half reaches `a`, which owns the trace; then `a` leaves
+    // and the server half reaches `b`, the trace's new owner.
+    a.observe(&request(7, vec![span("web", 1, None, SpanKind::Client)]));
+    router
+        .moved
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let stop = CancellationToken::new();
+    stop.cancel();
+    a.clone().run(stop).await;
+    b.observe(&request(7, vec![span("api", 2, Some(1), SpanKind::Server)]));
+    b.flush(Instant::now()).await;
+    let edge = value(
+        &written(&queue_b).await,
+        "traces_service_graph_request_total",
+        &[("client", "web"), ("server", "api")],
+    );
+    assert_eq!(edge, Some(1.0), "the halves paired on b");
+    assert_eq!(a.metrics.expired_edges.get(), 0);
+}
