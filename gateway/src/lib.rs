@@ -52,11 +52,13 @@ pub enum GatewayError {
 }
 
 /// Runs the gateway until `shutdown`, then drains: readiness false, it
-/// leaves the ring (other members route around it; new forwards to it are
-/// refused as UNAVAILABLE), the receivers stop taking requests (finishing
-/// those in flight, forwards included), the queue is flushed to the backend
-/// for up to `drain_timeout_ms` (never handed to another member, so nothing
-/// is handed off twice), then the ring service and the admin server stop.
+/// leaves the ring (other members route around it; new forwards and deltas
+/// to it are refused as UNAVAILABLE), the receivers stop taking requests
+/// (finishing those in flight, forwards included), the span metrics hand
+/// this member's series and waiting edge halves to their new owners, the
+/// queues are flushed to the backends for up to `drain_timeout_ms` (spans
+/// are never handed to another member, so nothing is handed off twice),
+/// then the ring service and the admin server stop.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxError> {
     let mut registry = Registry::default();
     admin::register_build_info(&mut registry, VERSION);
@@ -261,7 +263,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
             Err(_) => tracing::warn!("{what} receiver still had requests at the drain deadline"),
         }
     }
-    // The span metrics' last interval goes to the metrics queue before it closes.
+    // After leaving the ring: the span metrics' last interval and every
+    // series this member owned go to their new owners (it owns none now, so
+    // it writes nothing more); alone, they go to the metrics queue before it
+    // closes.
     generator_stop.cancel();
     if let Some(task) = generator_task
         && tokio::time::timeout_at(deadline, task).await.is_err()
