@@ -39,10 +39,19 @@ impl Prometheus {
     /// Starts Prometheus with `config` (prometheus.yml content), e.g. to add
     /// scrape jobs for a component under test.
     pub async fn start_with_config(config: &str) -> Result<Self, Error> {
+        Self::start_at(config, free_port()).await
+    }
+
+    /// Starts Prometheus with no scrape jobs on a port chosen beforehand, e.g.
+    /// one a component under test was already told to write to.
+    pub async fn start_on(port: u16) -> Result<Self, Error> {
+        Self::start_at(DEFAULT_CONFIG, port).await
+    }
+
+    async fn start_at(config: &str, port: u16) -> Result<Self, Error> {
         let dir = temp_dir("vispyr-prometheus-")?;
         let root = dir.path();
         let config_file = write_file(&root.join("prometheus.yml"), config)?;
-        let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
 
         let mut cmd = command("prometheus", root)?;
