@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use prost::Message;
 use tempfile::TempDir;
 
-use super::{command, json, millis, send, spawn_http_ready, temp_dir, write_file};
+use super::{command, json, millis, post_otlp, send, spawn_http_ready, temp_dir, write_file};
 use crate::Error;
 use crate::process::{Process, free_port};
 
@@ -122,29 +122,17 @@ impl Prometheus {
         &self,
         request: &ExportMetricsServiceRequest,
     ) -> Result<(), Error> {
-        let what = "prometheus OTLP metrics push";
-        let req = self
-            .http
-            .post(format!("{}/api/v1/otlp/v1/metrics", self.url))
-            .header("Content-Type", "application/x-protobuf")
-            .body(request.encode_to_vec());
-        let body = send(what, req)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| Error::http(what, e))?;
-        let resp = ExportMetricsServiceResponse::decode(body.as_ref())
-            .map_err(|e| Error::backend(what, format!("undecodable response: {e}")))?;
-        match resp.partial_success {
-            Some(p) if p.rejected_data_points > 0 => Err(Error::backend(
-                what,
-                format!(
-                    "{} data points rejected: {}",
-                    p.rejected_data_points, p.error_message
-                ),
-            )),
-            _ => Ok(()),
-        }
+        post_otlp(
+            &self.http,
+            "prometheus OTLP metrics push",
+            format!("{}/api/v1/otlp/v1/metrics", self.url),
+            request.encode_to_vec(),
+            |resp: &ExportMetricsServiceResponse| {
+                let p = resp.partial_success.as_ref()?;
+                Some((p.rejected_data_points, p.error_message.clone()))
+            },
+        )
+        .await
     }
 
     /// Evaluates `promql` now (instant query): one (labels, value) per series
