@@ -176,7 +176,7 @@ async fn run() {
         per_second(|c| c.samples)
     );
     println!(
-        "| of the agent's CPU: draining / symbolizing | {:.2}% / {:.2}% of a core | | |",
+        "| agent time draining / symbolizing (wall, waits for a CPU included) | {:.2}% / {:.2}% of the time | | |",
         per_second(|c| c.drain_seconds) * 100.0,
         per_second(|c| c.symbolize_seconds) * 100.0
     );
