@@ -9,6 +9,10 @@ SHELL := bash
 # machine (CI) reuses them; keyed by pinned versions where they are built.
 CACHE ?= $(HOME)/.cache/vispyr
 export CARGO_TARGET_DIR ?= $(CACHE)/target
+# CI builds each clone once: incremental artefacts would only cost disk and time.
+ifdef CI
+export CARGO_INCREMENTAL ?= 0
+endif
 # The upstream tools the harness runs: directories of e2e/tools/.
 TOOLS := etcd kubernetes prometheus jaeger pyroscope helm node_exporter
 
