@@ -10,7 +10,7 @@ SHELL := bash
 CACHE ?= $(HOME)/.cache/vispyr
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 # The upstream tools the harness runs: directories of e2e/tools/.
-TOOLS := etcd kubernetes prometheus jaeger pyroscope helm node_exporter
+TOOLS := etcd kubernetes kube-proxy coredns prometheus jaeger pyroscope helm node_exporter
 
 NODEJS := instrumentation/nodejs
 

@@ -36,6 +36,8 @@ const STATE_PREFIX: &str = "vispyr-node-";
 /// apiserver's address.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 217, 0, 1);
 const POD_SUBNET: &str = "10.217.0.0/24";
+/// Pods' DNS domain; CoreDNS serves it on the gateway address, port 53.
+const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The `kubernetes` Service's ClusterIP (first address of the service range).
 const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// The kubelet's `cgroupRoot`: pods go below `/sys/fs/cgroup/<hierarchy>/vispyr`.
@@ -155,6 +157,12 @@ impl NodeCluster {
                 }
             })
             .await?;
+        // Services and their names, before `start` returns and so before any
+        // pod of the caller's; kube-proxy waits for its Node object to exist.
+        let kube_proxy = start_kube_proxy(&state, &admin).await?;
+        self.node.components.push(kube_proxy);
+        let coredns = start_coredns(&state, &admin).await?;
+        self.node.components.push(coredns);
         // The controller-manager and the scheduler have no port to probe:
         // by the time the node is Ready they have had seconds to fail.
         for p in &mut self.node.components {
@@ -418,6 +426,8 @@ fn start_kubelet(state: &Path, socket: &Path, server: &str, pki: &Pki) -> Result
         "makeIPTablesUtilChains": false,
         "failSwapOn": false,
         "resolvConf": "/etc/resolv.conf",
+        "clusterDNS": [GATEWAY.to_string()],
+        "clusterDomain": CLUSTER_DOMAIN,
         // A node that shares its machine (CI, a laptop) must not evict or
         // refuse pods because the machine's disk or memory is low: "0%"
         // turns each eviction signal off (a DiskPressure taint would stop all
@@ -445,6 +455,87 @@ fn start_kubelet(state: &Path, socket: &Path, server: &str, pki: &Pki) -> Result
         .arg(format!("--node-ip={GATEWAY}"))
         .env("PATH", path_with_system_dirs());
     Process::spawn("kubelet", cmd, &state.join("kubelet.log"))
+}
+
+/// kube-proxy in iptables mode, for ClusterIP Services. Every setting that
+/// would change a host sysctl (conntrack sizes and timeouts, route_localnet
+/// for localhost NodePorts) is off, so that teardown has only its chains to
+/// remove (`kube-proxy --cleanup`, in [`remove_traces`]).
+async fn start_kube_proxy(state: &Path, kubeconfig: &Path) -> Result<Process, Error> {
+    let healthz = free_port();
+    let config = serde_json::json!({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": kubeconfig},
+        "mode": "iptables",
+        "clusterCIDR": POD_SUBNET,
+        "hostnameOverride": NODE_NAME,
+        "healthzBindAddress": format!("127.0.0.1:{healthz}"),
+        "metricsBindAddress": format!("127.0.0.1:{}", free_port()),
+        "conntrack": {
+            "maxPerCore": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
+        "iptables": {"localhostNodePorts": false},
+        "nodePortAddresses": [format!("{GATEWAY}/32")],
+    });
+    let config = write(state, "kube-proxy.yaml", &config.to_string())?;
+    let mut cmd = Command::new(tool("kube-proxy")?);
+    cmd.arg(format!("--config={}", config.display()))
+        .env("PATH", path_with_system_dirs());
+    let mut proxy = Process::spawn("kube-proxy", cmd, &state.join("kube-proxy.log"))?;
+    // healthz answers 200 once the first sync has written the rules.
+    proxy
+        .wait_ready(START_TIMEOUT, || {
+            http_ok(format!("http://127.0.0.1:{healthz}/healthz"))
+        })
+        .await?;
+    Ok(proxy)
+}
+
+/// Cluster DNS: CoreDNS as a host process on the gateway address (what the
+/// kubelet gives pods as their nameserver), the kubernetes plugin watching
+/// the apiserver with the admin kubeconfig, other names forwarded to the
+/// host's resolvers.
+async fn start_coredns(state: &Path, kubeconfig: &Path) -> Result<Process, Error> {
+    let ready = free_port();
+    let corefile = format!(
+        r#".:53 {{
+    bind {GATEWAY}
+    errors
+    health 127.0.0.1:{health}
+    ready 127.0.0.1:{ready}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    forward . /etc/resolv.conf
+    cache 30
+    loadbalance
+}}
+"#,
+        health = free_port(),
+        kubeconfig = kubeconfig.display(),
+    );
+    let corefile = write(state, "Corefile", &corefile)?;
+    let mut cmd = Command::new(tool("coredns")?);
+    cmd.arg("-conf").arg(corefile);
+    let mut coredns = Process::spawn("coredns", cmd, &state.join("coredns.log"))?;
+    // /ready answers 200 once the kubernetes plugin has synced its caches.
+    coredns
+        .wait_ready(START_TIMEOUT, || {
+            http_ok(format!("http://127.0.0.1:{ready}/ready"))
+        })
+        .await?;
+    Ok(coredns)
+}
+
+async fn http_ok(url: String) -> bool {
+    reqwest::get(url)
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 /// What the cluster changes on the host, and what it was before.
@@ -677,6 +768,25 @@ fn remove_traces(state: &Path) {
     }
     if links().is_ok_and(|l| l.contains(BRIDGE)) {
         let _ = run("ip", &["link", "del", BRIDGE]);
+    }
+    remove_kube_proxy_rules();
+}
+
+/// kube-proxy's own cleanup mode removes the chains and rules it wrote
+/// (iptables and ip6tables); it is stopped by then. Only when its chains are
+/// there: `--cleanup` on a clean host would still try every proxy mode.
+/// (Other `KUBE-` chains, such as a host's KUBE-FIREWALL, are not its own.)
+fn remove_kube_proxy_rules() {
+    let has_chains =
+        iptables_rules().is_ok_and(|rules| rules.iter().any(|r| r.contains("KUBE-SERVICES")));
+    if !has_chains {
+        return;
+    }
+    if let Ok(proxy) = tool("kube-proxy") {
+        let _ = Command::new(proxy)
+            .arg("--cleanup")
+            .env("PATH", path_with_system_dirs())
+            .output();
     }
 }
 
