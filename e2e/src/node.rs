@@ -557,6 +557,11 @@ struct NodeHost {
 /// cluster that was killed.
 struct HostBefore {
     ip_forward: String,
+    /// `/` was a private mount, made shared for the cluster's lifetime: the
+    /// node-agent mounts the host's root with HostToContainer propagation,
+    /// which runc refuses from a private mount (as on every node whose init
+    /// is not systemd; kind's node image does the same at boot).
+    root_private: bool,
     /// The entries of HOST_SCRATCH that did not exist.
     scratch_created: Vec<PathBuf>,
 }
@@ -565,7 +570,10 @@ impl HostBefore {
     const FILE: &str = "host-before";
 
     fn save(&self, state: &Path) -> Result<(), Error> {
-        let mut text = format!("ip_forward {}\n", self.ip_forward);
+        let mut text = format!(
+            "ip_forward {}\nroot_private {}\n",
+            self.ip_forward, self.root_private
+        );
         for p in &self.scratch_created {
             text.push_str(&format!("created {}\n", p.display()));
         }
@@ -576,11 +584,13 @@ impl HostBefore {
         let text = std::fs::read_to_string(state.join(Self::FILE)).ok()?;
         let mut before = Self {
             ip_forward: String::new(),
+            root_private: false,
             scratch_created: Vec::new(),
         };
         for line in text.lines() {
             match line.split_once(' ') {
                 Some(("ip_forward", v)) => before.ip_forward = v.to_string(),
+                Some(("root_private", v)) => before.root_private = v == "true",
                 // Only the known scratch paths, whatever the file says.
                 Some(("created", p)) if HOST_SCRATCH.contains(&p) => {
                     before.scratch_created.push(PathBuf::from(p))
@@ -593,6 +603,9 @@ impl HostBefore {
 
     fn restore(&self) {
         let _ = std::fs::write(IP_FORWARD, &self.ip_forward);
+        if self.root_private {
+            let _ = set_root_propagation(libc::MS_PRIVATE);
+        }
         for path in &self.scratch_created {
             let _ = std::fs::remove_dir_all(path);
         }
@@ -605,6 +618,7 @@ impl NodeHost {
         sweep_stale(state)?;
         let before = HostBefore {
             ip_forward: read_trimmed(Path::new(IP_FORWARD))?,
+            root_private: root_is_private(),
             scratch_created: HOST_SCRATCH
                 .into_iter()
                 .filter(|p| !Path::new(p).exists())
@@ -627,6 +641,9 @@ impl NodeHost {
     /// The pod bridge with the gateway address (the apiserver binds to it
     /// before any pod exists), and the cgroup the kubelet puts pods under.
     fn create_network(&mut self) -> Result<(), Error> {
+        if self.before.root_private {
+            set_root_propagation(libc::MS_SHARED)?;
+        }
         run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
         run(
             "ip",
@@ -727,6 +744,9 @@ impl NodeHost {
                 self.before.ip_forward
             )),
             Err(e) => found.push(e.to_string()),
+        }
+        if self.before.root_private && !root_is_private() {
+            found.push("/ is a shared mount, was private".to_string());
         }
         found.extend(
             self.before
@@ -949,6 +969,40 @@ fn cgroup_hierarchies() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Whether `/` propagates no mount events: no `shared:` or `master:` tag
+/// among the optional fields of its mountinfo line.
+fn root_is_private() -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split_once(" - ").map(|(head, _)| head))
+        .rfind(|head| head.split(' ').nth(4) == Some("/"))
+        .is_some_and(|head| {
+            !head
+                .split(' ')
+                .skip(6)
+                .any(|f| f.starts_with("shared:") || f.starts_with("master:"))
+        })
+}
+
+/// Sets the propagation of the `/` mount alone (not its submounts).
+fn set_root_propagation(flag: libc::c_ulong) -> Result<(), Error> {
+    // SAFETY: static NUL-terminated strings; a propagation change only.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            flag,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(Path::new("/"), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape_mount_path(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(field.len());
@@ -1039,6 +1093,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let before = HostBefore {
             ip_forward: "0".into(),
+            root_private: true,
             scratch_created: vec![
                 PathBuf::from("/run/containerd"),
                 PathBuf::from("/var/lib/cni"),
@@ -1047,6 +1102,7 @@ mod tests {
         before.save(dir.path()).unwrap();
         let loaded = HostBefore::load(dir.path()).expect("saved settings load");
         assert_eq!(loaded.ip_forward, "0");
+        assert!(loaded.root_private);
         assert_eq!(loaded.scratch_created, before.scratch_created);
         // A path that is not one of the known scratch dirs is never removed.
         write(dir.path(), HostBefore::FILE, "ip_forward 1\ncreated /etc\n").unwrap();
