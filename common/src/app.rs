@@ -3,15 +3,11 @@
 //! until SIGTERM/SIGINT, and turn a failure into its error chain and exit 1.
 
 use std::error::Error;
-use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Health};
 use crate::config::CommonArgs;
 use crate::{shutdown, telemetry};
 
@@ -60,48 +56,6 @@ where
     }
 }
 
-/// The whole `main` of a binary that has no work of its own yet: it takes the
-/// common flags, serves the admin endpoints and exits cleanly on a signal.
-pub fn admin_only(env_prefix: &str, default_admin_port: u16, version: &'static str) -> ExitCode {
-    #[derive(clap::Parser)]
-    #[command(version)]
-    struct Cli {
-        #[command(flatten)]
-        common: CommonArgs,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Config {
-        admin_addr: Option<SocketAddr>,
-    }
-    let cli = <Cli as clap::Parser>::parse();
-    main(&cli.common, env_prefix, |c: Config, shutdown| {
-        let addr = c
-            .admin_addr
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], default_admin_port)));
-        serve_admin_until_shutdown(addr, version, shutdown)
-    })
-}
-
-/// Serves the admin endpoints with this binary's metrics, marks it ready and
-/// waits for shutdown.
-pub async fn serve_admin_until_shutdown(
-    addr: SocketAddr,
-    version: &str,
-    shutdown: CancellationToken,
-) -> Result<(), BoxError> {
-    let mut registry = Registry::default();
-    admin::register_build_info(&mut registry, version);
-    let health = Health::new();
-    let (_, server) =
-        admin::serve(addr, Arc::new(registry), health.clone(), shutdown.clone()).await?;
-    health.set_ready(true);
-    shutdown.cancelled().await;
-    health.set_ready(false);
-    server.await??;
-    Ok(())
-}
-
 /// "outer: middle: inner", the way an operator reads an error in a log line.
 pub fn chain(e: &(dyn Error + 'static)) -> String {
     let mut out = e.to_string();
@@ -121,7 +75,7 @@ mod tests {
     #[test]
     fn chain_joins_every_cause() {
         let inner = std::io::Error::other("connection refused");
-        let outer = admin::AdminError::Bind {
+        let outer = crate::admin::AdminError::Bind {
             addr: "127.0.0.1:1".parse().unwrap(),
             source: inner,
         };

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::queue::RetryPolicy;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -22,6 +24,7 @@ pub struct Config {
     pub drain_timeout_ms: u64,
     pub exporters: Exporters,
     pub ring: Ring,
+    pub span_metrics: SpanMetrics,
 }
 
 impl Default for Config {
@@ -34,6 +37,7 @@ impl Default for Config {
             drain_timeout_ms: 20_000,
             exporters: Exporters::default(),
             ring: Ring::default(),
+            span_metrics: SpanMetrics::default(),
         }
     }
 }
@@ -92,6 +96,8 @@ impl Ring {
 #[serde(default, deny_unknown_fields)]
 pub struct Exporters {
     pub traces: TracesExporter,
+    pub metrics: MetricsExporter,
+    pub profiles: ProfilesExporter,
 }
 
 /// Traces to an OTLP/gRPC endpoint (Tempo's distributor in production).
@@ -132,6 +138,150 @@ impl Default for TracesExporter {
     }
 }
 
+/// Span metrics, service graph and OTLP metrics to Prometheus remote write v1.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsExporter {
+    /// `http://prometheus:9090/api/v1/write`; without it, received metrics
+    /// are counted as not exported and dropped, and span metrics are
+    /// computed but not written.
+    pub endpoint: Option<String>,
+    /// Samples held (queued or being sent) at most; beyond, OTLP clients are
+    /// told to retry later.
+    pub queue_samples: u64,
+    /// Samples per remote write request, at most (one client request or one
+    /// span metrics write is never split).
+    pub batch_samples: u64,
+    pub batch_timeout_ms: u64,
+    pub timeout_ms: u64,
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    pub retry_max_elapsed_ms: u64,
+}
+
+impl Default for MetricsExporter {
+    fn default() -> Self {
+        MetricsExporter {
+            endpoint: None,
+            queue_samples: 500_000,
+            batch_samples: 10_000,
+            batch_timeout_ms: 200,
+            timeout_ms: 10_000,
+            retry_initial_backoff_ms: 100,
+            retry_max_backoff_ms: 5_000,
+            retry_max_elapsed_ms: 300_000,
+        }
+    }
+}
+
+impl MetricsExporter {
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy::from_millis(
+            self.timeout_ms,
+            self.retry_initial_backoff_ms,
+            self.retry_max_backoff_ms,
+            self.retry_max_elapsed_ms,
+        )
+    }
+}
+
+/// OTLP profiles to Pyroscope's OTLP/HTTP ingest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfilesExporter {
+    /// Pyroscope's base URL, `http://pyroscope:4040`; profiles go to
+    /// `<endpoint>/v1development/profiles`. Without it, received profiles are
+    /// counted as not exported and dropped.
+    pub endpoint: Option<String>,
+    /// Profiles held (queued or being sent) at most.
+    pub queue_profiles: u64,
+    pub timeout_ms: u64,
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    pub retry_max_elapsed_ms: u64,
+}
+
+impl Default for ProfilesExporter {
+    fn default() -> Self {
+        ProfilesExporter {
+            endpoint: None,
+            queue_profiles: 10_000,
+            timeout_ms: 10_000,
+            retry_initial_backoff_ms: 100,
+            retry_max_backoff_ms: 5_000,
+            retry_max_elapsed_ms: 300_000,
+        }
+    }
+}
+
+impl ProfilesExporter {
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy::from_millis(
+            self.timeout_ms,
+            self.retry_initial_backoff_ms,
+            self.retry_max_backoff_ms,
+            self.retry_max_elapsed_ms,
+        )
+    }
+}
+
+/// Span metrics and service graph (Tempo's metrics-generator names).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpanMetrics {
+    pub enabled: bool,
+    /// How often deltas go to their owners and owners write to Prometheus.
+    pub interval_ms: u64,
+    /// Series (label sets) held at most, per family (span metrics, service
+    /// graph), in one interval's deltas and in the cumulative state; beyond,
+    /// spans are counted into one series labelled `metric_overflow="true"`.
+    pub max_series: usize,
+    /// A series not updated for this long is no longer written.
+    pub series_idle_ms: u64,
+    /// Upper bounds of `traces_spanmetrics_latency`, seconds (Tempo's default).
+    pub latency_buckets: Vec<f64>,
+    pub service_graph: ServiceGraph,
+}
+
+impl Default for SpanMetrics {
+    fn default() -> Self {
+        SpanMetrics {
+            enabled: true,
+            interval_ms: 15_000,
+            max_series: 10_000,
+            series_idle_ms: 15 * 60 * 1000,
+            latency_buckets: exponential_buckets(0.002, 2.0, 14),
+            service_graph: ServiceGraph::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceGraph {
+    /// How long a client or server span waits for its other half.
+    pub wait_ms: u64,
+    /// Unpaired spans held at most; beyond, new ones are dropped and counted.
+    pub max_pending_edges: usize,
+    /// Upper bounds of the `..._request_{server,client}_seconds` histograms
+    /// (Tempo's default).
+    pub buckets: Vec<f64>,
+}
+
+impl Default for ServiceGraph {
+    fn default() -> Self {
+        ServiceGraph {
+            wait_ms: 10_000,
+            max_pending_edges: 10_000,
+            buckets: exponential_buckets(0.1, 2.0, 8),
+        }
+    }
+}
+
+fn exponential_buckets(start: f64, factor: f64, count: i32) -> Vec<f64> {
+    (0..count).map(|i| start * factor.powi(i)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +296,14 @@ mod tests {
         assert!(c.exporters.traces.endpoint.is_none());
         assert_eq!(c.ring.addr.port(), 4319);
         assert!(!c.ring.enabled());
+        assert_eq!(
+            c.span_metrics
+                .latency_buckets
+                .last()
+                .map(|b| format!("{b}")),
+            Some("16.384".into())
+        );
+        assert_eq!(c.span_metrics.service_graph.buckets.len(), 8);
     }
 
     #[test]

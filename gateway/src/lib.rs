@@ -1,17 +1,22 @@
 //! vispyr-gateway: OTLP receivers (gRPC and HTTP) for traces, metrics, logs
-//! and profiles, the hash ring that sends each span to the replica owning
-//! its trace ID, and the traces exporter to an OTLP/gRPC backend (Tempo).
-//! Span metrics and the other exporters arrive later: see README.md for
-//! what is not exported yet.
+//! and profiles; the hash ring that sends each span to the replica owning
+//! its trace ID; span metrics and service graph, each series written by its
+//! owner on the ring; exporters of traces to an OTLP/gRPC backend (Tempo),
+//! of metrics to Prometheus remote write and of profiles to Pyroscope.
 
 pub mod config;
 pub mod exporter;
 pub mod grpc;
 pub mod http;
+pub mod http_exporter;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
+pub mod profiles;
+pub mod queue;
+pub mod remote_write;
 pub mod ring;
+pub mod spanmetrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +30,11 @@ use vispyr_common::app::BoxError;
 pub use config::Config;
 
 use crate::exporter::{TraceExporter, TraceQueue};
+use crate::http_exporter::HttpExporter;
 use crate::pipeline::Pipeline;
-use crate::ring::Ring;
+use crate::queue::Queue;
+use crate::ring::{Ring, RingRouter};
+use crate::spanmetrics::{DeltaRouter, Generator, LocalOnly};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -44,11 +52,13 @@ pub enum GatewayError {
 }
 
 /// Runs the gateway until `shutdown`, then drains: readiness false, it
-/// leaves the ring (other members route around it; new forwards to it are
-/// refused as UNAVAILABLE), the receivers stop taking requests (finishing
-/// those in flight, forwards included), the queue is flushed to the backend
-/// for up to `drain_timeout_ms` (never handed to another member, so nothing
-/// is handed off twice), then the ring service and the admin server stop.
+/// leaves the ring (other members route around it; new forwards and deltas
+/// to it are refused as UNAVAILABLE), the receivers stop taking requests
+/// (finishing those in flight, forwards included), the span metrics hand
+/// this member's series and waiting edge halves to their new owners, the
+/// queues are flushed to the backends for up to `drain_timeout_ms` (spans
+/// are never handed to another member, so nothing is handed off twice),
+/// then the ring service and the admin server stop.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxError> {
     let mut registry = Registry::default();
     admin::register_build_info(&mut registry, VERSION);
@@ -57,8 +67,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
     let traces = &config.exporters.traces;
     let exporter = match &traces.endpoint {
         Some(endpoint) => {
-            let queue = Arc::new(TraceQueue::new(traces.queue_spans, metrics.clone()));
-            let exporter = TraceExporter::new(endpoint, traces.clone(), metrics.clone())?;
+            let exporter_metrics = metrics.spans.exporter("traces");
+            let queue = Arc::new(TraceQueue::new(
+                traces.queue_spans,
+                exporter_metrics.clone(),
+            ));
+            let exporter = TraceExporter::new(endpoint, traces.clone(), exporter_metrics)?;
             Some((queue, exporter))
         }
         None => {
@@ -70,9 +84,62 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
         true => Some(Ring::start(&config.ring, metrics.ring.clone()).await?),
         false => None,
     };
+    let metrics_config = &config.exporters.metrics;
+    let metrics_export = match &metrics_config.endpoint {
+        Some(url) => {
+            let queue = Arc::new(Queue::new(
+                metrics_config.queue_samples,
+                metrics.samples.exporter("metrics"),
+            ));
+            Some((queue, remote_write::exporter(metrics_config, url)?))
+        }
+        None => {
+            tracing::warn!(
+                "exporters.metrics.endpoint is not set: received metrics are dropped, span metrics are not written"
+            );
+            None
+        }
+    };
+    let profiles_config = &config.exporters.profiles;
+    let profiles_export = match &profiles_config.endpoint {
+        Some(url) => {
+            let queue = Arc::new(Queue::new(
+                profiles_config.queue_profiles,
+                metrics.profiles.exporter("profiles"),
+            ));
+            Some((queue, profiles::exporter(profiles_config, url)?))
+        }
+        None => {
+            tracing::warn!("exporters.profiles.endpoint is not set: received profiles are dropped");
+            None
+        }
+    };
+    let generator = match config.span_metrics.enabled {
+        true => Some(Arc::new(Generator::new(
+            &config.span_metrics,
+            match &ring {
+                Some(ring) => Arc::new(RingRouter::new(ring.clone())) as Arc<dyn DeltaRouter>,
+                None => Arc::new(LocalOnly),
+            },
+            metrics_export.as_ref().map(|(q, _)| q.clone()),
+            metrics.generator.clone(),
+        )?)),
+        false => None,
+    };
     let mut pipeline = Pipeline::new(metrics, exporter.as_ref().map(|(q, _)| q.clone()));
     if let Some(ring) = &ring {
         pipeline = pipeline.with_ring(ring.clone());
+    }
+    if let Some(generator) = &generator {
+        pipeline = pipeline
+            .with_observer(generator.clone())
+            .with_deltas_handler(generator.clone());
+    }
+    if let Some((queue, _)) = &metrics_export {
+        pipeline = pipeline.with_metrics_queue(queue.clone());
+    }
+    if let Some((queue, _)) = &profiles_export {
+        pipeline = pipeline.with_profiles_queue(queue.clone());
     }
     let pipeline = Arc::new(pipeline);
 
@@ -105,6 +172,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
         let task = tokio::spawn(async move { exporter.run(&task_queue, abort).await });
         (queue, task)
     });
+
+    let linger = std::time::Duration::from_millis(metrics_config.batch_timeout_ms);
+    let metrics_task = metrics_export.map(|(queue, exporter)| {
+        let max = metrics_config.batch_samples;
+        spawn_http(exporter, queue, max, linger, remote_write::encode, &abort)
+    });
+    let profiles_task = profiles_export.map(|(queue, exporter)| {
+        let linger = std::time::Duration::ZERO;
+        spawn_http(
+            exporter,
+            queue,
+            profiles::BATCH,
+            linger,
+            profiles::encode,
+            &abort,
+        )
+    });
+    let generator_stop = CancellationToken::new();
+    let generator_task = generator.map(|g| tokio::spawn(g.run(generator_stop.clone())));
 
     let receivers_stop = CancellationToken::new();
     let max = config.max_request_bytes;
@@ -177,14 +263,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
             Err(_) => tracing::warn!("{what} receiver still had requests at the drain deadline"),
         }
     }
-    if let Some((queue, mut task)) = exporter_task {
-        queue.close();
-        let held = queue.held();
-        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-            abort.cancel();
-            let _ = task.await;
-        }
-        tracing::info!(flushed_or_dropped = held, "traces queue drained");
+    // After leaving the ring: the span metrics' last interval and every
+    // series this member owned go to their new owners (it owns none now, so
+    // it writes nothing more); alone, they go to the metrics queue before it
+    // closes.
+    generator_stop.cancel();
+    if let Some(task) = generator_task
+        && tokio::time::timeout_at(deadline, task).await.is_err()
+    {
+        tracing::warn!("span metrics still flushing at the drain deadline");
+    }
+    if let Some((queue, task)) = exporter_task {
+        drain("traces", &queue, task, deadline, &abort).await;
+    }
+    if let Some((queue, task)) = metrics_task {
+        drain("metrics", &queue, task, deadline, &abort).await;
+    }
+    if let Some((queue, task)) = profiles_task {
+        drain("profiles", &queue, task, deadline, &abort).await;
     }
     // Forwards this member took were answered once the queue settled them.
     ring_stop.cancel();
@@ -204,4 +300,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
     admin_stop.cancel();
     admin_task.await??;
     Ok(())
+}
+
+type Exporting<T> = (Arc<Queue<T>>, tokio::task::JoinHandle<()>);
+
+/// Starts `exporter` on `queue`.
+fn spawn_http<T: Send + 'static>(
+    exporter: HttpExporter,
+    queue: Arc<Queue<T>>,
+    max: u64,
+    linger: std::time::Duration,
+    encode: fn(Vec<T>) -> bytes::Bytes,
+    abort: &CancellationToken,
+) -> Exporting<T> {
+    let abort = abort.clone();
+    let task_queue = queue.clone();
+    let task =
+        tokio::spawn(async move { exporter.run(&task_queue, max, linger, encode, abort).await });
+    (queue, task)
+}
+
+/// Closes `queue` and lets its exporter flush it until `deadline`; then
+/// aborts (what is left is dropped and counted).
+async fn drain<T>(
+    what: &'static str,
+    queue: &Queue<T>,
+    mut task: tokio::task::JoinHandle<()>,
+    deadline: tokio::time::Instant,
+    abort: &CancellationToken,
+) {
+    queue.close();
+    let held = queue.held();
+    if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+        abort.cancel();
+        let _ = task.await;
+    }
+    tracing::info!(flushed_or_dropped = held, "{what} queue drained");
 }

@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::queue::ExporterMetrics;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ExporterLabels {
     pub exporter: &'static str,
@@ -89,12 +91,69 @@ pub struct Metrics {
     pub rejected_items: Family<ReceiverLabels, Counter>,
     pub refused_requests: Family<RefusedLabels, Counter>,
     pub not_exported_items: Family<SignalLabels, Counter>,
-    pub sent_spans: Family<ExporterLabels, Counter>,
-    pub retried_spans: Family<ExporterLabels, Counter>,
-    pub dropped_spans: Family<ExporterLabels, Counter>,
-    pub queue_spans: Family<ExporterLabels, Gauge>,
-    pub queue_capacity_spans: Family<ExporterLabels, Gauge>,
     pub ring: RingMetrics,
+    /// Exporters counted in spans, samples and profiles.
+    pub spans: ExporterFamilies,
+    pub samples: ExporterFamilies,
+    pub profiles: ExporterFamilies,
+    pub generator: crate::spanmetrics::GeneratorMetrics,
+    pub converter: crate::remote_write::ConverterMetrics,
+}
+
+/// The counters of every exporter whose items are of one unit.
+#[derive(Clone, Default)]
+pub struct ExporterFamilies {
+    sent: Family<ExporterLabels, Counter>,
+    retried: Family<ExporterLabels, Counter>,
+    dropped: Family<ExporterLabels, Counter>,
+    held: Family<ExporterLabels, Gauge>,
+    capacity: Family<ExporterLabels, Gauge>,
+}
+
+impl ExporterFamilies {
+    fn register(&self, r: &mut Registry, unit: &str) {
+        let mut capitalized = unit.to_owned(); // the help text starts a sentence
+        capitalized[..1].make_ascii_uppercase();
+        r.register(
+            format!("exporter_sent_{unit}"),
+            format!("{capitalized} the backend accepted"),
+            self.sent.clone(),
+        );
+        r.register(
+            format!("exporter_retried_{unit}"),
+            format!("{capitalized} whose export failed with a retryable error and was retried"),
+            self.retried.clone(),
+        );
+        r.register(
+            format!("exporter_dropped_{unit}"),
+            format!(
+                "Queued {unit} given up: permanent errors, rejections, retries exhausted, drain timeout"
+            ),
+            self.dropped.clone(),
+        );
+        r.register(
+            format!("exporter_queue_{unit}"),
+            format!("{capitalized} queued or being sent"),
+            self.held.clone(),
+        );
+        r.register(
+            format!("exporter_queue_capacity_{unit}"),
+            format!("{capitalized} the queue holds at most"),
+            self.capacity.clone(),
+        );
+    }
+
+    /// The counters of one exporter.
+    pub fn exporter(&self, exporter: &'static str) -> ExporterMetrics {
+        let labels = ExporterLabels { exporter };
+        ExporterMetrics {
+            sent: self.sent.get_or_create(&labels).clone(),
+            retried: self.retried.get_or_create(&labels).clone(),
+            dropped: self.dropped.get_or_create(&labels).clone(),
+            held: self.held.get_or_create(&labels).clone(),
+            capacity: self.capacity.get_or_create(&labels).clone(),
+        }
+    }
 }
 
 impl Metrics {
@@ -122,31 +181,11 @@ impl Metrics {
             "Accepted items dropped because no exporter for their signal is configured or implemented",
             m.not_exported_items.clone(),
         );
-        r.register(
-            "exporter_sent_spans",
-            "Spans the backend accepted",
-            m.sent_spans.clone(),
-        );
-        r.register(
-            "exporter_retried_spans",
-            "Spans whose export failed with a retryable error and was retried",
-            m.retried_spans.clone(),
-        );
-        r.register(
-            "exporter_dropped_spans",
-            "Queued spans given up: permanent errors, rejections, retries exhausted, drain timeout",
-            m.dropped_spans.clone(),
-        );
-        r.register(
-            "exporter_queue_spans",
-            "Spans queued or being sent",
-            m.queue_spans.clone(),
-        );
-        r.register(
-            "exporter_queue_capacity_spans",
-            "Spans the queue holds at most",
-            m.queue_capacity_spans.clone(),
-        );
+        m.spans.register(r, "spans");
+        m.samples.register(r, "samples");
+        m.profiles.register(r, "profiles");
+        m.generator.register(r);
+        m.converter.register(r);
         m.ring.register(r);
         m
     }

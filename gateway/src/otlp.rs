@@ -34,10 +34,16 @@ pub trait Signal: Send + Sync + 'static {
     fn items(request: &Self::Request) -> u64;
     /// A success response, partial when `rejected > 0`.
     fn response(rejected: u64, message: String) -> Self::Response;
-    /// The request as traces, for the signal that has an exporter.
-    fn into_traces(_request: Self::Request) -> Option<ExportTraceServiceRequest> {
-        None
-    }
+    /// The request, as the pipeline routes it.
+    fn route(request: Self::Request) -> Routed;
+}
+
+/// A decoded request of any signal.
+pub enum Routed {
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+    Logs,
+    Profiles(ExportProfilesServiceRequest),
 }
 
 pub struct Traces;
@@ -54,8 +60,8 @@ impl Signal for Traces {
     fn items(r: &Self::Request) -> u64 {
         span_count(&r.resource_spans)
     }
-    fn into_traces(request: Self::Request) -> Option<ExportTraceServiceRequest> {
-        Some(request)
+    fn route(request: Self::Request) -> Routed {
+        Routed::Traces(request)
     }
     fn response(rejected: u64, error_message: String) -> Self::Response {
         ExportTraceServiceResponse {
@@ -73,6 +79,9 @@ impl Signal for Metrics {
     const HTTP_PATH: &'static str = "/v1/metrics";
     type Request = ExportMetricsServiceRequest;
     type Response = ExportMetricsServiceResponse;
+    fn route(request: Self::Request) -> Routed {
+        Routed::Metrics(request)
+    }
     fn items(r: &Self::Request) -> u64 {
         let points = |d: &Data| match d {
             Data::Gauge(g) => g.data_points.len(),
@@ -104,6 +113,9 @@ impl Signal for Logs {
     const HTTP_PATH: &'static str = "/v1/logs";
     type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
+    fn route(_request: Self::Request) -> Routed {
+        Routed::Logs
+    }
     fn items(r: &Self::Request) -> u64 {
         r.resource_logs
             .iter()
@@ -128,6 +140,9 @@ impl Signal for Profiles {
     const HTTP_PATH: &'static str = "/v1development/profiles";
     type Request = ExportProfilesServiceRequest;
     type Response = ExportProfilesServiceResponse;
+    fn route(request: Self::Request) -> Routed {
+        Routed::Profiles(request)
+    }
     fn items(r: &Self::Request) -> u64 {
         r.resource_profiles
             .iter()
@@ -219,7 +234,7 @@ pub enum Refusal {
     #[error("unsupported content encoding {0:?}; use gzip or none")]
     UnsupportedEncoding(String),
     #[error(
-        "export queue is full ({queued} of {capacity} spans in flight); retry after {}s",
+        "export queue is full ({queued} of {capacity} items in flight); retry after {}s",
         retry_after.as_secs()
     )]
     QueueFull {
@@ -227,7 +242,7 @@ pub enum Refusal {
         capacity: u64,
         retry_after: Duration,
     },
-    #[error("request has {spans} spans, more than the queue holds ({capacity}); split it")]
+    #[error("request has {spans} items, more than the queue holds ({capacity}); split it")]
     OverCapacity { spans: u64, capacity: u64 },
     #[error("the gateway is shutting down; retry on another replica")]
     Draining,

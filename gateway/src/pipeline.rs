@@ -1,7 +1,9 @@
 //! Where receivers hand over what they decoded. Spans go to the member of
 //! the ring that owns their trace ID (this one, or another reached over the
-//! ring service), where span observers see them and the exporter's queue
-//! takes them; other signals are counted as not exported (no exporter yet).
+//! ring service), where span observers (the span metrics) see them and the
+//! traces exporter's queue takes them; metrics (converted) and profiles go
+//! to their exporters' queues; a signal without an exporter is counted as
+//! not exported.
 //!
 //! A client's request is acknowledged once every part of it is accepted by
 //! its owner: queued here, or, on another member, exported (so a member that
@@ -16,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::time::Instant;
@@ -24,7 +28,9 @@ use crate::exporter::TraceQueue;
 use crate::metrics::{
     ForwardErrorLabels, Metrics, OwnerLabels, ReceiverLabels, RefusedLabels, SignalLabels,
 };
-use crate::otlp::{Refusal, Signal, retain_valid_spans, span_count};
+use crate::otlp::{Refusal, Routed, Signal, retain_valid_spans, span_count};
+use crate::profiles::ProfileQueue;
+use crate::remote_write::{SeriesQueue, TimeSeries, convert};
 use crate::ring::{ForwardError, Ring, split::split};
 
 /// Sees the spans this member owns, once each, as they are accepted for
@@ -47,6 +53,8 @@ pub struct Pipeline {
     ring: Option<Arc<Ring>>,
     observers: Vec<Arc<dyn SpanObserver>>,
     deltas: Option<Arc<dyn DeltasHandler>>,
+    series: Option<Arc<SeriesQueue>>,
+    profiles: Option<Arc<ProfileQueue>>,
 }
 
 impl Pipeline {
@@ -57,6 +65,8 @@ impl Pipeline {
             ring: None,
             observers: Vec::new(),
             deltas: None,
+            series: None,
+            profiles: None,
         }
     }
 
@@ -80,6 +90,17 @@ impl Pipeline {
         self.ring.as_ref()
     }
 
+    /// Received metrics are converted and queued for remote write here.
+    pub fn with_metrics_queue(mut self, queue: Arc<SeriesQueue>) -> Self {
+        self.series = Some(queue);
+        self
+    }
+
+    pub fn with_profiles_queue(mut self, queue: Arc<ProfileQueue>) -> Self {
+        self.profiles = Some(queue);
+        self
+    }
+
     /// Takes a decoded request; `Ok` means the client may consider it
     /// delivered (the response says which items were rejected, if any).
     pub async fn accept<S: Signal>(
@@ -88,12 +109,14 @@ impl Pipeline {
         transport: &'static str,
     ) -> Result<S::Response, Refusal> {
         let items = S::items(&request);
-        let outcome = match S::into_traces(request) {
-            Some(mut traces) => {
+        let outcome = match S::route(request) {
+            Routed::Traces(mut traces) => {
                 let (rejected, message) = retain_valid_spans(&mut traces);
                 self.route(traces).await.map(|()| (rejected, message))
             }
-            None => {
+            Routed::Metrics(request) => self.accept_metrics(request, items),
+            Routed::Profiles(request) => self.accept_profiles(request, items),
+            Routed::Logs => {
                 self.not_exported(S::NAME, items);
                 Ok((0, String::new()))
             }
@@ -210,12 +233,13 @@ impl Pipeline {
         // After the reservation: a refused request is not observed, so the
         // client's retry is not counted twice.
         self.observe(&request);
-        match reservation.commit(request.resource_spans, settled) {
-            Some(receipt) => match receipt.await {
-                Ok(true) => Ok(()),
-                Ok(false) | Err(_) => Err(Refusal::NotExported),
-            },
-            None => Ok(()),
+        if !settled {
+            reservation.push(request.resource_spans);
+            return Ok(());
+        }
+        match reservation.push_settled(request.resource_spans).await {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(_) => Err(Refusal::NotExported),
         }
     }
 
@@ -262,6 +286,39 @@ impl Pipeline {
             .inc();
     }
 
+    /// Converts to Prometheus series and queues them; data points with no
+    /// Prometheus form are rejected (partial success).
+    fn accept_metrics(
+        &self,
+        request: ExportMetricsServiceRequest,
+        items: u64,
+    ) -> Result<(u64, String), Refusal> {
+        let Some(queue) = &self.series else {
+            self.not_exported(crate::otlp::Metrics::NAME, items);
+            return Ok((0, String::new()));
+        };
+        let converted = convert::convert(&request, &self.metrics.converter);
+        let samples = TimeSeries::samples(&converted.series);
+        if samples > 0 {
+            queue.push(samples, converted.series)?;
+        }
+        Ok((converted.rejected, converted.message))
+    }
+
+    /// Queues the request as it came, for Pyroscope.
+    fn accept_profiles(
+        &self,
+        request: ExportProfilesServiceRequest,
+        items: u64,
+    ) -> Result<(u64, String), Refusal> {
+        match &self.profiles {
+            None => self.not_exported(crate::otlp::Profiles::NAME, items),
+            Some(_) if items == 0 => {}
+            Some(queue) => queue.push(items, Bytes::from(request.encode_to_vec()))?,
+        }
+        Ok((0, String::new()))
+    }
+
     /// Counts a request refused as a whole and hands the refusal back.
     pub fn refused(
         &self,
@@ -303,7 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_of_only_invalid_spans_queues_nothing() {
-        let queue = Arc::new(TraceQueue::new(10, Metrics::default()));
+        let queue = Arc::new(TraceQueue::new(10, Default::default()));
         let pipeline = Pipeline::new(Metrics::default(), Some(queue.clone()));
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {

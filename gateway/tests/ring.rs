@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, TestTrace, WAIT, hex};
+use common::{Gateway, TestTrace, WAIT, hex, wait_members};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tokio::sync::Mutex;
@@ -23,44 +23,21 @@ use vispyr_e2e::{TestCluster, TraceStore, eventually};
 use vispyr_gateway::otlp::retryable;
 
 const SENT: &str = r#"vispyr_gateway_exporter_sent_spans_total{exporter="traces"}"#;
-const MEMBERS: &str = "vispyr_gateway_ring_members";
 const RECEIVED: &str = "vispyr_gateway_ring_received_spans_total";
 const REMOTE: &str = r#"vispyr_gateway_ring_routed_spans_total{owner="remote"}"#;
 
 /// `n` members that all see each other, exporting to `store`.
 async fn ring(store: &TraceStore, n: usize) -> Vec<Gateway> {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    let mut members = Vec::new();
-    for port in &ports {
-        members.push(
-            Gateway::start(&[
-                format!("ring.addr=127.0.0.1:{port}"),
-                format!("ring.peers=[{}]", peers.join(",")),
-                "ring.probe_interval_ms=100".into(),
-                "ring.forward_timeout_ms=5000".into(),
-                format!("exporters.traces.endpoint={}", store.otlp_grpc_endpoint()),
-                "exporters.traces.batch_timeout_ms=20".into(),
-                "drain_timeout_ms=5000".into(),
-            ])
-            .await,
-        );
-    }
-    for m in &members {
-        wait_members(m, n).await;
-    }
-    members
-}
-
-async fn wait_members(member: &Gateway, n: usize) {
-    eventually(WAIT, || async {
-        match member.metric(MEMBERS).await {
-            v if v == n as f64 => Ok(()),
-            v => Err(v),
-        }
-    })
+    common::ring(
+        n,
+        &[
+            "ring.forward_timeout_ms=5000".into(),
+            format!("exporters.traces.endpoint={}", store.otlp_grpc_endpoint()),
+            "exporters.traces.batch_timeout_ms=20".into(),
+            "drain_timeout_ms=5000".into(),
+        ],
+    )
     .await
-    .unwrap_or_else(|v| panic!("{} sees {v} ring members, not {n}", member.admin));
 }
 
 /// One request holding the spans at `index` of each of `traces`.

@@ -4,16 +4,28 @@
 //! (exit 64).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::{attribution, export, hostmetrics};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `/metrics`, `/healthz`, `/readyz`.
+    /// `/metrics` (self metrics and host metrics), `/healthz`, `/readyz`.
     pub admin_addr: SocketAddr,
     pub profiling: Profiling,
+    /// Which processes are profiled and the labels they get.
+    pub attribution: attribution::Config,
+    /// The OTLP/gRPC receiver (the gateway) of profiles and host metrics.
+    pub exporter: export::otlp::Config,
+    pub host_metrics: hostmetrics::Config,
+    /// Also write every exported profile as `<dir>/<ms>-<n>-<service>.pb.gz`.
+    pub pprof_dir: Option<PathBuf>,
+    /// On shutdown, how long buffered profiles and metrics may take to be sent.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -21,7 +33,18 @@ impl Default for Config {
         Config {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 9100)),
             profiling: Profiling::default(),
+            attribution: attribution::Config::default(),
+            exporter: export::otlp::Config::default(),
+            host_metrics: hostmetrics::Config::default(),
+            pprof_dir: None,
+            shutdown_timeout_ms: 5_000,
         }
+    }
+}
+
+impl Config {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
     }
 }
 
@@ -131,6 +154,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("10 is out of range"), "{err}");
+    }
+
+    #[test]
+    fn export_defaults_reach_the_chart_gateway() {
+        let c: Config = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.exporter.endpoint, "http://vispyr-gateway:4317");
+        assert_eq!(c.attribution.mode, attribution::Mode::All);
+        assert!(c.pprof_dir.is_none());
+        let c: Config = serde_json::from_str(
+            r#"{"attribution": {"mode": "opted-in", "node_name": "n1"},
+                "exporter": {"buffer_bytes": 1024}, "pprof_dir": "/tmp/p"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.attribution.node_name.as_deref(), Some("n1"));
+        assert_eq!(c.exporter.buffer_bytes, 1024);
+        assert_eq!(c.exporter.timeout_ms, 10_000);
+        let err = serde_json::from_str::<Config>(r#"{"exporter": {"bufer_bytes": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bufer_bytes"), "{err}");
     }
 
     #[test]

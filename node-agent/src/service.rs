@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use vispyr_common::admin::{self, Health};
 use vispyr_common::app::BoxError;
 
+use crate::attribution;
 use crate::config::{Config, Profiling};
+use crate::export::host_metrics::HostMetricsExport;
+use crate::export::{ProfileExport, otlp};
+use crate::hostmetrics::{self, HostMetrics};
 use crate::metrics::ProfilerMetrics;
 use crate::sampler::{Sampler, SamplerError};
 use crate::stack::Batch;
@@ -191,9 +195,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
     let mut registry = Registry::default();
     admin::register_build_info(&mut registry, VERSION);
     let metrics = ProfilerMetrics::register(&mut registry);
+    let export_metrics = otlp::Metrics::register(&mut registry);
+    let host = Arc::new(HostMetrics::new(&config.host_metrics)?);
+    // Unprefixed: node_exporter's names, so community dashboards work.
+    hostmetrics::register(&mut registry, host.clone());
+
     let (tx, rx) = mpsc::channel(BATCH_QUEUE);
     // Before anything listens: a missing capability ends the process at once.
     let profiler = Profiler::spawn(config.profiling.clone(), metrics, tx, shutdown).await?;
+    let profiles = ProfileExport::start(
+        &config,
+        attribution::kube_client().await,
+        export_metrics.clone(),
+    )?;
+    let host_export = HostMetricsExport {
+        host,
+        exporter: otlp::Exporter::start(otlp::METRICS, &config.exporter, export_metrics)?,
+        host_name: attribution::host_name(),
+        node_name: config.attribution.node_name.clone(),
+        every: config.profiling.interval(),
+        shutdown_timeout: config.shutdown_timeout(),
+    };
 
     let health = Health::new();
     let admin_stop = CancellationToken::new();
@@ -205,29 +227,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
     )
     .await?;
 
-    // Until the OTLP exporter consumes batches, a summary per interval shows
-    // the profiler at work.
-    let consumer = tokio::spawn(log_batches(rx));
+    // Both end with the profiler: the profiles consumer when its last batch
+    // is in (it drops the sender), the host metrics when told so.
+    let consumer = tokio::spawn(profiles.run(rx));
+    let host_stop = CancellationToken::new();
+    let host_task = tokio::spawn(host_export.run(host_stop.clone()));
     health.set_ready(true);
     let result = profiler.wait().await;
     health.set_ready(false);
+    host_stop.cancel();
     consumer.await?;
+    host_task.await?;
     admin_stop.cancel();
     admin_task.await??;
     Ok(result?)
-}
-
-async fn log_batches(mut batches: mpsc::Receiver<Batch>) {
-    while let Some(batch) = batches.recv().await {
-        let samples: u64 = batch.samples.iter().map(|s| s.count).sum();
-        let mut processes: Vec<u32> = batch.samples.iter().map(|s| s.pid).collect();
-        processes.sort_unstable();
-        processes.dedup();
-        tracing::info!(
-            samples,
-            stacks = batch.samples.len(),
-            processes = processes.len(),
-            "profile batch"
-        );
-    }
 }

@@ -1,5 +1,5 @@
-//! The node-agent binary: as root it profiles and serves its admin
-//! endpoints until SIGTERM; without the capabilities it needs it exits at
+//! The node-agent binary: as root it profiles, exports what it sampled to a
+//! real Pyroscope and serves its admin endpoints until SIGTERM; without the capabilities it needs it exits at
 //! once naming each; a bad config exits 64 naming the key.
 
 use std::os::unix::fs::PermissionsExt;
@@ -7,17 +7,22 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use vispyr_e2e::eventually;
 use vispyr_e2e::process::{Process, free_port};
+use vispyr_e2e::{Pyroscope, eventually};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vispyr-node-agent");
 
 #[tokio::test]
 async fn profiles_serves_metrics_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let pyroscope = Pyroscope::start().await.unwrap();
     let port = free_port();
     let mut cmd = Command::new(BIN);
     cmd.args(["--set", &format!("admin_addr=127.0.0.1:{port}")])
+        .args([
+            "--set",
+            &format!("exporter.endpoint={}", pyroscope.otlp_grpc_endpoint()),
+        ])
         .args(["--set", "profiling.interval_ms=1000"])
         .args(["--set", "profiling.drain_interval_ms=250"]);
     let mut agent =
@@ -65,18 +70,23 @@ async fn profiles_serves_metrics_and_exits_cleanly_on_sigterm() {
     })
     .await
     .expect("samples counted over several drains");
-    eventually(Duration::from_secs(20), || {
-        let log = agent.log_tail();
+    // Outside Kubernetes every process is a host process, named by its executable.
+    eventually(Duration::from_secs(30), || {
+        let pyroscope = &pyroscope;
         async move {
-            if log.contains("profile batch") {
+            let values = pyroscope
+                .label_values("vispyr_host_process")
+                .await
+                .map_err(|e| e.to_string())?;
+            if values.iter().any(|v| v == "true") {
                 Ok(())
             } else {
-                Err(log)
+                Err(format!("host process profiles in Pyroscope: {values:?}"))
             }
         }
     })
     .await
-    .expect("a batch handed on every interval");
+    .expect("the profiles of an interval reach Pyroscope");
 
     let status = agent
         .terminate(Duration::from_secs(10))

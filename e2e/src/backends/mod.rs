@@ -135,6 +135,34 @@ async fn checked(what: &str, resp: reqwest::Response) -> Result<reqwest::Respons
     ))
 }
 
+/// POSTs an OTLP/HTTP protobuf request; a partial success that rejects
+/// anything (`rejected` gives the count and the receiver's message) is an error.
+async fn post_otlp<Response: prost::Message + Default>(
+    http: &reqwest::Client,
+    what: &str,
+    url: String,
+    body: Vec<u8>,
+    rejected: impl Fn(&Response) -> Option<(i64, String)>,
+) -> Result<(), Error> {
+    let req = http
+        .post(url)
+        .header("Content-Type", "application/x-protobuf")
+        .body(body);
+    let body = send(what, req)
+        .await?
+        .bytes()
+        .await
+        .map_err(|e| Error::http(what, e))?;
+    let resp = Response::decode(body.as_ref())
+        .map_err(|e| Error::backend(what, format!("undecodable response: {e}")))?;
+    match rejected(&resp) {
+        Some((count, message)) if count > 0 => {
+            Err(Error::backend(what, format!("{count} rejected: {message}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn json(what: &str, resp: reqwest::Response) -> Result<serde_json::Value, Error> {
     resp.json().await.map_err(|e| Error::http(what, e))
 }

@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use prost::Message;
 use tempfile::TempDir;
 
-use super::{command, json, millis, send, spawn_http_ready, temp_dir, write_file};
+use super::{command, json, millis, post_otlp, send, spawn_http_ready, temp_dir, write_file};
 use crate::Error;
 use crate::process::{Process, free_port};
 
@@ -39,10 +39,19 @@ impl Prometheus {
     /// Starts Prometheus with `config` (prometheus.yml content), e.g. to add
     /// scrape jobs for a component under test.
     pub async fn start_with_config(config: &str) -> Result<Self, Error> {
+        Self::start_at(config, free_port()).await
+    }
+
+    /// Starts Prometheus with no scrape jobs on a port chosen beforehand, e.g.
+    /// one a component under test was already told to write to.
+    pub async fn start_on(port: u16) -> Result<Self, Error> {
+        Self::start_at(DEFAULT_CONFIG, port).await
+    }
+
+    async fn start_at(config: &str, port: u16) -> Result<Self, Error> {
         let dir = temp_dir("vispyr-prometheus-")?;
         let root = dir.path();
         let config_file = write_file(&root.join("prometheus.yml"), config)?;
-        let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
 
         let mut cmd = command("prometheus", root)?;
@@ -113,29 +122,17 @@ impl Prometheus {
         &self,
         request: &ExportMetricsServiceRequest,
     ) -> Result<(), Error> {
-        let what = "prometheus OTLP metrics push";
-        let req = self
-            .http
-            .post(format!("{}/api/v1/otlp/v1/metrics", self.url))
-            .header("Content-Type", "application/x-protobuf")
-            .body(request.encode_to_vec());
-        let body = send(what, req)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| Error::http(what, e))?;
-        let resp = ExportMetricsServiceResponse::decode(body.as_ref())
-            .map_err(|e| Error::backend(what, format!("undecodable response: {e}")))?;
-        match resp.partial_success {
-            Some(p) if p.rejected_data_points > 0 => Err(Error::backend(
-                what,
-                format!(
-                    "{} data points rejected: {}",
-                    p.rejected_data_points, p.error_message
-                ),
-            )),
-            _ => Ok(()),
-        }
+        post_otlp(
+            &self.http,
+            "prometheus OTLP metrics push",
+            format!("{}/api/v1/otlp/v1/metrics", self.url),
+            request.encode_to_vec(),
+            |resp: &ExportMetricsServiceResponse| {
+                let p = resp.partial_success.as_ref()?;
+                Some((p.rejected_data_points, p.error_message.clone()))
+            },
+        )
+        .await
     }
 
     /// Evaluates `promql` now (instant query): one (labels, value) per series

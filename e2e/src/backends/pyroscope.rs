@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::{
 use prost::Message;
 use tempfile::TempDir;
 
-use super::{command, json, millis, send, spawn_http_ready, temp_dir};
+use super::{command, json, millis, post_otlp, send, spawn_http_ready, temp_dir};
 use crate::Error;
 use crate::process::{Process, free_port};
 
@@ -135,29 +135,17 @@ impl Pyroscope {
     /// Pushes OTLP profiles over OTLP/HTTP (protobuf). A partial success that
     /// rejects profiles is an error.
     pub async fn push_otlp(&self, request: &ExportProfilesServiceRequest) -> Result<(), Error> {
-        let what = "pyroscope OTLP profiles push";
-        let req = self
-            .http
-            .post(self.otlp_profiles_url())
-            .header("Content-Type", "application/x-protobuf")
-            .body(request.encode_to_vec());
-        let body = send(what, req)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| Error::http(what, e))?;
-        let resp = ExportProfilesServiceResponse::decode(body.as_ref())
-            .map_err(|e| Error::backend(what, format!("undecodable response: {e}")))?;
-        match resp.partial_success {
-            Some(p) if p.rejected_profiles > 0 => Err(Error::backend(
-                what,
-                format!(
-                    "{} profiles rejected: {}",
-                    p.rejected_profiles, p.error_message
-                ),
-            )),
-            _ => Ok(()),
-        }
+        post_otlp(
+            &self.http,
+            "pyroscope OTLP profiles push",
+            self.otlp_profiles_url(),
+            request.encode_to_vec(),
+            |resp: &ExportProfilesServiceResponse| {
+                let p = resp.partial_success.as_ref()?;
+                Some((p.rejected_profiles, p.error_message.clone()))
+            },
+        )
+        .await
     }
 
     /// The merged profile of `profile_type_id` (e.g.

@@ -4,6 +4,10 @@
 //! ([`membership`]). Members call each other's ring service on `ring.addr`
 //! ([`client`], [`server`]).
 //!
+//! Span metrics use the ring too: [`RingRouter`] sends each series' deltas
+//! to the series' owner (the Deltas method), whose generator takes them as
+//! the pipeline's [`crate::pipeline::DeltasHandler`].
+//!
 //! Failure handling: a member that cannot be reached (connection refused or
 //! reset, or it says it is leaving) is taken out of this member's view at
 //! once, so its keys move to their runner-up owners, and probed every
@@ -31,6 +35,7 @@ pub use membership::{Member, Membership, View};
 
 use crate::config;
 use crate::metrics::RingMetrics;
+use crate::spanmetrics::{self, DeltaRouter, SendFuture};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
@@ -315,6 +320,31 @@ impl Ring {
     /// Stops the membership watch and the probes.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+}
+
+/// Span metrics deltas routed over the ring: each series to its owner,
+/// sent with the Deltas method.
+pub struct RingRouter(Arc<Ring>);
+
+impl RingRouter {
+    pub fn new(ring: Arc<Ring>) -> Self {
+        RingRouter(ring)
+    }
+}
+
+impl DeltaRouter for RingRouter {
+    fn owner(&self, series_key: &[u8]) -> spanmetrics::Owner {
+        match self.0.owner(series_key) {
+            Owner::Local => spanmetrics::Owner::Local,
+            Owner::Peer(peer) => spanmetrics::Owner::Remote(peer.addr().clone()),
+        }
+    }
+
+    fn send(&self, member: &str, batch: Bytes) -> SendFuture {
+        let ring = self.0.clone();
+        let peer = ring.peer(&Arc::from(member));
+        Box::pin(async move { Ok(ring.send_deltas(&peer, batch).await?) })
     }
 }
 

@@ -1,5 +1,6 @@
 //! What the gateway's integration tests share: the binary started on free
-//! ports, and test traces with their checks against the trace store.
+//! ports (alone or as a ring), and test traces with their checks against the
+//! trace store.
 
 // Each test binary uses its own part of these helpers.
 #![allow(dead_code)]
@@ -85,6 +86,40 @@ impl Gateway {
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
     }
+}
+
+pub const MEMBERS: &str = "vispyr_gateway_ring_members";
+
+/// `n` gateways in one ring (static peers on loopback) that all see each
+/// other; `sets` go to every member.
+pub async fn ring(n: usize, sets: &[String]) -> Vec<Gateway> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let mut members = Vec::new();
+    for port in &ports {
+        let mut all = vec![
+            format!("ring.addr=127.0.0.1:{port}"),
+            format!("ring.peers=[{}]", peers.join(",")),
+            "ring.probe_interval_ms=100".into(),
+        ];
+        all.extend_from_slice(sets);
+        members.push(Gateway::start(&all).await);
+    }
+    for m in &members {
+        wait_members(m, n).await;
+    }
+    members
+}
+
+pub async fn wait_members(member: &Gateway, n: usize) {
+    eventually(WAIT, || async {
+        match member.metric(MEMBERS).await {
+            v if v == n as f64 => Ok(()),
+            v => Err(v),
+        }
+    })
+    .await
+    .unwrap_or_else(|v| panic!("{} sees {v} ring members, not {n}", member.admin));
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {

@@ -25,6 +25,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use super::{Family, Kind, Snapshot};
 
 const SCOPE: &str = "vispyr-node-agent/hostmetrics";
+/// The `job` of host metrics in Prometheus.
+pub const SERVICE_NAME: &str = "vispyr-node-agent";
 
 /// The snapshot under a resource naming the host (`host.name`) and, inside
 /// Kubernetes, the node (`k8s.node.name`).
@@ -33,7 +35,13 @@ pub fn to_resource_metrics(
     host_name: &str,
     node_name: Option<&str>,
 ) -> ResourceMetrics {
-    let mut attributes = vec![string_attribute("host.name", host_name)];
+    // service.name and service.instance.id become `job` and `instance` in
+    // Prometheus, as if it had scraped the agent: one instance per node.
+    let mut attributes = vec![
+        string_attribute("service.name", SERVICE_NAME),
+        string_attribute("service.instance.id", node_name.unwrap_or(host_name)),
+        string_attribute("host.name", host_name),
+    ];
     if let Some(node) = node_name {
         attributes.push(string_attribute("k8s.node.name", node));
     }
@@ -216,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn resource_names_the_host_and_the_node_when_known() {
+    fn resource_names_the_agent_the_host_and_the_node_when_known() {
         let snapshot = fixture_metrics().collect();
         let keys = |r: &ResourceMetrics| -> Vec<(String, String)> {
             r.resource
@@ -233,13 +241,19 @@ mod tests {
         assert_eq!(
             keys(&to_resource_metrics(&snapshot, "host-a", Some("node-a"))),
             [
+                ("service.name".into(), SERVICE_NAME.into()),
+                ("service.instance.id".into(), "node-a".into()),
                 ("host.name".into(), "host-a".into()),
                 ("k8s.node.name".into(), "node-a".into())
             ]
         );
         assert_eq!(
             keys(&to_resource_metrics(&snapshot, "host-a", None)),
-            [("host.name".into(), "host-a".into())]
+            [
+                ("service.name".into(), SERVICE_NAME.into()),
+                ("service.instance.id".into(), "host-a".into()),
+                ("host.name".into(), "host-a".into())
+            ]
         );
     }
 }
