@@ -40,5 +40,5 @@ until grep -q '^node-cluster: demo ready' "$log"; do
   fi
   sleep 2
 done
-sed -n '/^node-cluster: demo ready/,$p' "$log" | sed '1d'
+sed -n '/^node-cluster: demo ready/,/make demo-down$/p' "$log" | sed '1d'
 echo "demo: up in $((SECONDS - start)) s"

@@ -22,7 +22,8 @@ pub mod process;
 mod tools;
 
 pub use backends::{
-    Backends, Flamegraph, NodeExporter, Prometheus, Pyroscope, TraceSpan, TraceStore,
+    Backends, Flamegraph, NodeExporter, Prometheus, PrometheusApi, Pyroscope, PyroscopeApi,
+    TraceQuery, TraceSpan, TraceStore,
 };
 pub use cluster::{TestCluster, assert_allowed, assert_forbidden};
 pub use error::Error;

@@ -181,7 +181,8 @@ impl NodeCluster {
         &self.node.socket
     }
 
-    /// Builds the named images with `e2e/images/build.sh` and imports them
+    /// Builds the named images with `e2e/images/build.sh` (Rust binaries of
+    /// the debug profile unless `PROFILE` says otherwise) and imports them
     /// into this node's containerd; returns the script's report, one line per
     /// image.
     pub async fn import_images(&self, names: &[&str]) -> Result<String, Error> {
@@ -192,6 +193,12 @@ impl NodeCluster {
             .arg(&self.node.socket)
             .args(names)
             .env("PATH", path_with_system_dirs())
+            // The Rust components from the debug build `cargo test` made (or
+            // makes) rather than a release build of tens of minutes.
+            .env(
+                "PROFILE",
+                std::env::var("PROFILE").unwrap_or_else(|_| "debug".into()),
+            )
             .output()
             .await
             .map_err(|source| Error::Spawn {
