@@ -87,6 +87,7 @@ chart-golden: tools
 # Results: docs/benchmarks.md.
 bench: tools nodejs-deps
 	cargo bench --locked -p vispyr-operator --bench admission
+	cargo bench --locked -p vispyr-node-agent --bench overhead
 	cd $(NODEJS) && npm run bench
 
 # A one-node cluster on this machine (root) with Vispyr installed by Helm and

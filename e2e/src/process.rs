@@ -45,6 +45,11 @@ impl Process {
         &self.name
     }
 
+    /// The process id, e.g. to read its CPU time and memory from /proc.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The last lines the tool wrote, for error messages.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log)

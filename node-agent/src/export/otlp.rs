@@ -25,9 +25,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use vispyr_common::rpc_status::retryable;
 
 /// One OTLP signal: its gRPC method and the rejected count of its response.
 #[derive(Debug, Clone, Copy)]
@@ -498,64 +499,6 @@ impl Worker {
     }
 }
 
-/// Whether a failed export may succeed when sent again (OTLP spec,
-/// "Failures"), and the delay the receiver asked for.
-pub fn retryable(status: &Status) -> (bool, Option<Duration>) {
-    match status.code() {
-        Code::Unavailable
-        | Code::Cancelled
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::DataLoss => (true, retry_delay(status)),
-        // Only with RetryInfo: without it the receiver will never take it.
-        Code::ResourceExhausted => match retry_delay(status) {
-            Some(delay) => (true, Some(delay)),
-            None => (false, None),
-        },
-        _ => (false, None),
-    }
-}
-
-/// `google.rpc.Status` with `google.rpc.RetryInfo` details, the part read here.
-#[derive(Clone, PartialEq, Message)]
-struct RpcStatus {
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<Any>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Any {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    value: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct RetryInfo {
-    #[prost(message, optional, tag = "1")]
-    retry_delay: Option<ProtoDuration>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct ProtoDuration {
-    #[prost(int64, tag = "1")]
-    seconds: i64,
-    #[prost(int32, tag = "2")]
-    nanos: i32,
-}
-
-fn retry_delay(status: &Status) -> Option<Duration> {
-    RpcStatus::decode(status.details())
-        .ok()?
-        .details
-        .iter()
-        .filter(|any| any.type_url.ends_with("google.rpc.RetryInfo"))
-        .find_map(|any| RetryInfo::decode(any.value.as_slice()).ok()?.retry_delay)
-        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-}
-
 /// Sends the encoded request as it is and hands back the encoded response.
 #[derive(Clone, Copy)]
 struct Raw;
@@ -597,36 +540,6 @@ impl Decoder for Raw {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_otlp_retryable_codes_retry() {
-        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Aborted] {
-            assert!(retryable(&Status::new(code, "")).0, "{code:?}");
-        }
-        for code in [
-            Code::InvalidArgument,
-            Code::Unimplemented,
-            Code::PermissionDenied,
-            Code::ResourceExhausted,
-        ] {
-            assert!(!retryable(&Status::new(code, "")).0, "{code:?}");
-        }
-        let hint = RpcStatus {
-            details: vec![Any {
-                type_url: "type.googleapis.com/google.rpc.RetryInfo".to_owned(),
-                value: RetryInfo {
-                    retry_delay: Some(ProtoDuration {
-                        seconds: 2,
-                        nanos: 0,
-                    }),
-                }
-                .encode_to_vec(),
-            }],
-        }
-        .encode_to_vec();
-        let status = Status::with_details(Code::ResourceExhausted, "slow down", hint.into());
-        assert_eq!(retryable(&status), (true, Some(Duration::from_secs(2))));
-    }
 
     #[tokio::test]
     async fn endpoint_must_be_plain_http() {
