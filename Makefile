@@ -14,14 +14,14 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 # The upstream tools the harness runs: directories of e2e/tools/.
-TOOLS := etcd kubernetes prometheus jaeger pyroscope helm node_exporter
+TOOLS := etcd kubernetes kube-proxy coredns prometheus jaeger pyroscope helm node_exporter
 
 NODEJS := instrumentation/nodejs
 
-.PHONY: help deps tools images build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden chart-golden bench demo fmt lint clean-tools
+.PHONY: help deps tools images build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden chart-golden bench demo demo-down fmt lint clean-tools
 
 help:
-	@echo "make demo   bring up Vispyr on this machine with a demo Node.js app (not yet: see README)"
+	@echo "make demo   bring up Vispyr on a one-node cluster on this machine with a demo Node.js app (root; make demo-down stops it)"
 	@echo "make test   every test, against real etcd, kube-apiserver, Prometheus, trace store, Pyroscope, Node.js"
 	@echo "make tools  build the pinned upstream tools into $(CACHE)/tools, linked from .tools/bin"
 	@echo "make images build the container images (no Docker, no registry) into $(CACHE)/images"
@@ -94,10 +94,14 @@ bench: tools nodejs-deps
 	cargo bench --locked -p vispyr-node-agent --bench overhead
 	cd $(NODEJS) && npm run bench
 
-demo:
-	@echo "make demo is not available yet: the components it would show are still being built."
-	@echo "Today Vispyr has its test harness: run 'make test'."
-	@exit 2
+# A one-node cluster on this machine (root) with Vispyr installed by Helm and
+# the demo app under load, left running; prints what to open. e2e/demo/up.sh.
+demo: tools nodejs-payload
+	CACHE=$(CACHE) e2e/demo/up.sh
+
+# Stops the demo; the cluster tears down and checks it left nothing behind.
+demo-down:
+	CACHE=$(CACHE) e2e/demo/down.sh
 
 fmt:
 	cargo fmt --all

@@ -7,9 +7,11 @@
 //!   scheduler, containerd and a kubelet: pods really run (root only).
 //! - [`Backends`]: Prometheus, the trace store and Pyroscope, with query helpers.
 //! - [`NodeExporter`]: the reference for the node-agent's host metrics.
+//! - [`demo`]: Vispyr installed with Helm on a `NodeCluster`, with the demo app.
 
 mod backends;
 mod cluster;
+pub mod demo;
 mod error;
 mod eventually;
 pub mod fixtures;
@@ -20,7 +22,8 @@ pub mod process;
 mod tools;
 
 pub use backends::{
-    Backends, Flamegraph, NodeExporter, Prometheus, Pyroscope, TraceSpan, TraceStore,
+    Backends, Flamegraph, NodeExporter, Prometheus, PrometheusApi, Pyroscope, PyroscopeApi,
+    TraceQuery, TraceSpan, TraceStore,
 };
 pub use cluster::{TestCluster, assert_allowed, assert_forbidden};
 pub use error::Error;

@@ -36,6 +36,8 @@ const STATE_PREFIX: &str = "vispyr-node-";
 /// apiserver's address.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 217, 0, 1);
 const POD_SUBNET: &str = "10.217.0.0/24";
+/// Pods' DNS domain; CoreDNS serves it on the gateway address, port 53.
+const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The `kubernetes` Service's ClusterIP (first address of the service range).
 const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// The kubelet's `cgroupRoot`: pods go below `/sys/fs/cgroup/<hierarchy>/vispyr`.
@@ -155,6 +157,12 @@ impl NodeCluster {
                 }
             })
             .await?;
+        // Services and their names, before `start` returns and so before any
+        // pod of the caller's; kube-proxy waits for its Node object to exist.
+        let kube_proxy = start_kube_proxy(&state, &admin).await?;
+        self.node.components.push(kube_proxy);
+        let coredns = start_coredns(&state, &admin).await?;
+        self.node.components.push(coredns);
         // The controller-manager and the scheduler have no port to probe:
         // by the time the node is Ready they have had seconds to fail.
         for p in &mut self.node.components {
@@ -173,7 +181,8 @@ impl NodeCluster {
         &self.node.socket
     }
 
-    /// Builds the named images with `e2e/images/build.sh` and imports them
+    /// Builds the named images with `e2e/images/build.sh` (Rust binaries of
+    /// the debug profile unless `PROFILE` says otherwise) and imports them
     /// into this node's containerd; returns the script's report, one line per
     /// image.
     pub async fn import_images(&self, names: &[&str]) -> Result<String, Error> {
@@ -184,6 +193,12 @@ impl NodeCluster {
             .arg(&self.node.socket)
             .args(names)
             .env("PATH", path_with_system_dirs())
+            // The Rust components from the debug build `cargo test` made (or
+            // makes) rather than a release build of tens of minutes.
+            .env(
+                "PROFILE",
+                std::env::var("PROFILE").unwrap_or_else(|_| "debug".into()),
+            )
             .output()
             .await
             .map_err(|source| Error::Spawn {
@@ -418,6 +433,8 @@ fn start_kubelet(state: &Path, socket: &Path, server: &str, pki: &Pki) -> Result
         "makeIPTablesUtilChains": false,
         "failSwapOn": false,
         "resolvConf": "/etc/resolv.conf",
+        "clusterDNS": [GATEWAY.to_string()],
+        "clusterDomain": CLUSTER_DOMAIN,
         // A node that shares its machine (CI, a laptop) must not evict or
         // refuse pods because the machine's disk or memory is low: "0%"
         // turns each eviction signal off (a DiskPressure taint would stop all
@@ -447,6 +464,87 @@ fn start_kubelet(state: &Path, socket: &Path, server: &str, pki: &Pki) -> Result
     Process::spawn("kubelet", cmd, &state.join("kubelet.log"))
 }
 
+/// kube-proxy in iptables mode, for ClusterIP Services. Every setting that
+/// would change a host sysctl (conntrack sizes and timeouts, route_localnet
+/// for localhost NodePorts) is off, so that teardown has only its chains to
+/// remove (`kube-proxy --cleanup`, in [`remove_traces`]).
+async fn start_kube_proxy(state: &Path, kubeconfig: &Path) -> Result<Process, Error> {
+    let healthz = free_port();
+    let config = serde_json::json!({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": kubeconfig},
+        "mode": "iptables",
+        "clusterCIDR": POD_SUBNET,
+        "hostnameOverride": NODE_NAME,
+        "healthzBindAddress": format!("127.0.0.1:{healthz}"),
+        "metricsBindAddress": format!("127.0.0.1:{}", free_port()),
+        "conntrack": {
+            "maxPerCore": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
+        "iptables": {"localhostNodePorts": false},
+        "nodePortAddresses": [format!("{GATEWAY}/32")],
+    });
+    let config = write(state, "kube-proxy.yaml", &config.to_string())?;
+    let mut cmd = Command::new(tool("kube-proxy")?);
+    cmd.arg(format!("--config={}", config.display()))
+        .env("PATH", path_with_system_dirs());
+    let mut proxy = Process::spawn("kube-proxy", cmd, &state.join("kube-proxy.log"))?;
+    // healthz answers 200 once the first sync has written the rules.
+    proxy
+        .wait_ready(START_TIMEOUT, || {
+            http_ok(format!("http://127.0.0.1:{healthz}/healthz"))
+        })
+        .await?;
+    Ok(proxy)
+}
+
+/// Cluster DNS: CoreDNS as a host process on the gateway address (what the
+/// kubelet gives pods as their nameserver), the kubernetes plugin watching
+/// the apiserver with the admin kubeconfig, other names forwarded to the
+/// host's resolvers.
+async fn start_coredns(state: &Path, kubeconfig: &Path) -> Result<Process, Error> {
+    let ready = free_port();
+    let corefile = format!(
+        r#".:53 {{
+    bind {GATEWAY}
+    errors
+    health 127.0.0.1:{health}
+    ready 127.0.0.1:{ready}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    forward . /etc/resolv.conf
+    cache 30
+    loadbalance
+}}
+"#,
+        health = free_port(),
+        kubeconfig = kubeconfig.display(),
+    );
+    let corefile = write(state, "Corefile", &corefile)?;
+    let mut cmd = Command::new(tool("coredns")?);
+    cmd.arg("-conf").arg(corefile);
+    let mut coredns = Process::spawn("coredns", cmd, &state.join("coredns.log"))?;
+    // /ready answers 200 once the kubernetes plugin has synced its caches.
+    coredns
+        .wait_ready(START_TIMEOUT, || {
+            http_ok(format!("http://127.0.0.1:{ready}/ready"))
+        })
+        .await?;
+    Ok(coredns)
+}
+
+async fn http_ok(url: String) -> bool {
+    reqwest::get(url)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
 /// What the cluster changes on the host, and what it was before.
 struct NodeHost {
     /// Tells other clusters' [`sweep_stale`] that this one is alive.
@@ -466,6 +564,11 @@ struct NodeHost {
 /// cluster that was killed.
 struct HostBefore {
     ip_forward: String,
+    /// `/` was a private mount, made shared for the cluster's lifetime: the
+    /// node-agent mounts the host's root with HostToContainer propagation,
+    /// which runc refuses from a private mount (as on every node whose init
+    /// is not systemd; kind's node image does the same at boot).
+    root_private: bool,
     /// The entries of HOST_SCRATCH that did not exist.
     scratch_created: Vec<PathBuf>,
 }
@@ -474,7 +577,10 @@ impl HostBefore {
     const FILE: &str = "host-before";
 
     fn save(&self, state: &Path) -> Result<(), Error> {
-        let mut text = format!("ip_forward {}\n", self.ip_forward);
+        let mut text = format!(
+            "ip_forward {}\nroot_private {}\n",
+            self.ip_forward, self.root_private
+        );
         for p in &self.scratch_created {
             text.push_str(&format!("created {}\n", p.display()));
         }
@@ -485,11 +591,13 @@ impl HostBefore {
         let text = std::fs::read_to_string(state.join(Self::FILE)).ok()?;
         let mut before = Self {
             ip_forward: String::new(),
+            root_private: false,
             scratch_created: Vec::new(),
         };
         for line in text.lines() {
             match line.split_once(' ') {
                 Some(("ip_forward", v)) => before.ip_forward = v.to_string(),
+                Some(("root_private", v)) => before.root_private = v == "true",
                 // Only the known scratch paths, whatever the file says.
                 Some(("created", p)) if HOST_SCRATCH.contains(&p) => {
                     before.scratch_created.push(PathBuf::from(p))
@@ -502,6 +610,9 @@ impl HostBefore {
 
     fn restore(&self) {
         let _ = std::fs::write(IP_FORWARD, &self.ip_forward);
+        if self.root_private {
+            let _ = set_root_propagation(libc::MS_PRIVATE);
+        }
         for path in &self.scratch_created {
             let _ = std::fs::remove_dir_all(path);
         }
@@ -514,6 +625,7 @@ impl NodeHost {
         sweep_stale(state)?;
         let before = HostBefore {
             ip_forward: read_trimmed(Path::new(IP_FORWARD))?,
+            root_private: root_is_private(),
             scratch_created: HOST_SCRATCH
                 .into_iter()
                 .filter(|p| !Path::new(p).exists())
@@ -536,6 +648,9 @@ impl NodeHost {
     /// The pod bridge with the gateway address (the apiserver binds to it
     /// before any pod exists), and the cgroup the kubelet puts pods under.
     fn create_network(&mut self) -> Result<(), Error> {
+        if self.before.root_private {
+            set_root_propagation(libc::MS_SHARED)?;
+        }
         run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
         run(
             "ip",
@@ -637,6 +752,9 @@ impl NodeHost {
             )),
             Err(e) => found.push(e.to_string()),
         }
+        if self.before.root_private && !root_is_private() {
+            found.push("/ is a shared mount, was private".to_string());
+        }
         found.extend(
             self.before
                 .scratch_created
@@ -677,6 +795,25 @@ fn remove_traces(state: &Path) {
     }
     if links().is_ok_and(|l| l.contains(BRIDGE)) {
         let _ = run("ip", &["link", "del", BRIDGE]);
+    }
+    remove_kube_proxy_rules();
+}
+
+/// kube-proxy's own cleanup mode removes the chains and rules it wrote
+/// (iptables and ip6tables); it is stopped by then. Only when its chains are
+/// there: `--cleanup` on a clean host would still try every proxy mode.
+/// (Other `KUBE-` chains, such as a host's KUBE-FIREWALL, are not its own.)
+fn remove_kube_proxy_rules() {
+    let has_chains =
+        iptables_rules().is_ok_and(|rules| rules.iter().any(|r| r.contains("KUBE-SERVICES")));
+    if !has_chains {
+        return;
+    }
+    if let Ok(proxy) = tool("kube-proxy") {
+        let _ = Command::new(proxy)
+            .arg("--cleanup")
+            .env("PATH", path_with_system_dirs())
+            .output();
     }
 }
 
@@ -839,6 +976,40 @@ fn cgroup_hierarchies() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Whether `/` propagates no mount events: no `shared:` or `master:` tag
+/// among the optional fields of its mountinfo line.
+fn root_is_private() -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split_once(" - ").map(|(head, _)| head))
+        .rfind(|head| head.split(' ').nth(4) == Some("/"))
+        .is_some_and(|head| {
+            !head
+                .split(' ')
+                .skip(6)
+                .any(|f| f.starts_with("shared:") || f.starts_with("master:"))
+        })
+}
+
+/// Sets the propagation of the `/` mount alone (not its submounts).
+fn set_root_propagation(flag: libc::c_ulong) -> Result<(), Error> {
+    // SAFETY: static NUL-terminated strings; a propagation change only.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            flag,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(Path::new("/"), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape_mount_path(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(field.len());
@@ -929,6 +1100,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let before = HostBefore {
             ip_forward: "0".into(),
+            root_private: true,
             scratch_created: vec![
                 PathBuf::from("/run/containerd"),
                 PathBuf::from("/var/lib/cni"),
@@ -937,6 +1109,7 @@ mod tests {
         before.save(dir.path()).unwrap();
         let loaded = HostBefore::load(dir.path()).expect("saved settings load");
         assert_eq!(loaded.ip_forward, "0");
+        assert!(loaded.root_private);
         assert_eq!(loaded.scratch_created, before.scratch_created);
         // A path that is not one of the known scratch dirs is never removed.
         write(dir.path(), HostBefore::FILE, "ip_forward 1\ncreated /etc\n").unwrap();

@@ -1,11 +1,13 @@
 //! A real node: containerd, runc, CNI and a kubelet under the harness's
 //! control plane run a pod from an image built here, the pod reaches the
-//! apiserver over the pod network, and the teardown leaves nothing behind.
-//! Root only (CI runs as root); fails, not skips, otherwise.
+//! apiserver over the pod network, another reaches a third through a
+//! ClusterIP Service by its DNS name (kube-proxy + CoreDNS), and the teardown
+//! leaves nothing behind (kube-proxy's chains included). Root only (CI runs as
+//! root); fails, not skips, otherwise.
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, LogParams, PostParams};
 use serde_json::json;
 use vispyr_e2e::{NODE_NAME, NodeCluster, eventually};
@@ -85,6 +87,71 @@ async fn runs_a_pod_from_a_local_image_and_leaves_nothing_behind() {
         format!("vispyr-hello host=hello uid=65532 reached={apiserver}")
     );
 
+    let by_name = Instant::now();
+    cluster
+        .import_images(&["demo-app"])
+        .await
+        .expect("demo-app image builds and imports");
+    let services: Api<Service> = Api::namespaced(control.client(), "default");
+    let backend: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "backend", "labels": {"app": "backend"}},
+        "spec": {"containers": [{
+            "name": "backend",
+            "image": "vispyr.local/demo-app:dev",
+            "imagePullPolicy": "Never",
+            "env": [{"name": "ROLE", "value": "backend"}],
+        }]},
+    }))
+    .expect("static pod");
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "backend"},
+        "spec": {
+            "selector": {"app": "backend"},
+            // Not the container's port: only kube-proxy's DNAT gets there.
+            "ports": [{"port": 80, "targetPort": 8080}],
+        },
+    }))
+    .expect("static service");
+    // The short name: the search path the kubelet writes into the pod's
+    // resolv.conf, answered by cluster DNS, then the Service's ClusterIP.
+    let client: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "client"},
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "containers": [{
+                "name": "client",
+                "image": "vispyr.local/demo-app:dev",
+                "imagePullPolicy": "Never",
+                "command": ["node", "-e", "fetch('http://backend/price?items=1').then(r => r.text()).then(t => console.log(t), e => { console.error(e.cause ?? e); process.exit(1); })"],
+            }],
+        },
+    }))
+    .expect("static pod");
+    pods.create(&PostParams::default(), &backend)
+        .await
+        .expect("backend pod created");
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("service created");
+    pods.create(&PostParams::default(), &client)
+        .await
+        .expect("client pod created");
+    let answer = eventually(POD_TIMEOUT, || async {
+        let pod = pods.get("client").await.map_err(|e| e.to_string())?;
+        match pod.status.unwrap_or_default().phase.as_deref() {
+            Some("Succeeded") => pods
+                .logs("client", &LogParams::default())
+                .await
+                .map_err(|e| e.to_string()),
+            phase => Err(format!("client phase {phase:?}")),
+        }
+    })
+    .await
+    .expect("client reaches the backend through its Service by name");
+    assert_eq!(answer.trim(), r#"{"items":1,"price":3.57}"#);
+    let reached_by_name = by_name.elapsed();
+
     let stopping = Instant::now();
     cluster
         .shutdown()
@@ -92,7 +159,7 @@ async fn runs_a_pod_from_a_local_image_and_leaves_nothing_behind() {
         .expect("teardown leaves nothing behind");
     eprintln!(
         "node cluster: Ready after {ready:?}, hello image built and imported in {imported:?}, \
-         torn down in {:?}",
+         Service reached by name in {reached_by_name:?}, torn down in {:?}",
         stopping.elapsed()
     );
 }

@@ -25,9 +25,9 @@ use crate::Error;
 use crate::process::Process;
 
 pub use node_exporter::NodeExporter;
-pub use prometheus::Prometheus;
-pub use pyroscope::{Flamegraph, Pyroscope};
-pub use trace_store::{TraceSpan, TraceStore};
+pub use prometheus::{Prometheus, PrometheusApi};
+pub use pyroscope::{Flamegraph, Pyroscope, PyroscopeApi};
+pub use trace_store::{TraceQuery, TraceSpan, TraceStore};
 
 /// How long a backend may take to become ready on a loaded 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(90);

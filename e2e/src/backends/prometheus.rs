@@ -10,7 +10,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use prost::Message;
 use tempfile::TempDir;
 
-use super::{command, json, millis, post_otlp, send, spawn_http_ready, temp_dir, write_file};
+use super::{
+    command, http_client, json, millis, post_otlp, send, spawn_http_ready, temp_dir, write_file,
+};
 use crate::Error;
 use crate::process::{Process, free_port};
 
@@ -25,9 +27,23 @@ const DEFAULT_CONFIG: &str = "global:\n  evaluation_interval: 1m\n";
 pub struct Prometheus {
     // Field order is drop order: the process goes before its dir.
     process: Process,
+    api: PrometheusApi,
+    dir: TempDir,
+}
+
+/// The query API of a Prometheus: the harness's own (a [`Prometheus`]
+/// derefs to it) or one running elsewhere, e.g. in a `NodeCluster`.
+pub struct PrometheusApi {
     url: String,
     http: reqwest::Client,
-    dir: TempDir,
+}
+
+impl std::ops::Deref for Prometheus {
+    type Target = PrometheusApi;
+
+    fn deref(&self) -> &PrometheusApi {
+        &self.api
+    }
 }
 
 impl Prometheus {
@@ -67,8 +83,7 @@ impl Prometheus {
             spawn_http_ready("prometheus", cmd, root, &format!("{url}/-/ready")).await?;
         Ok(Self {
             process,
-            url,
-            http,
+            api: PrometheusApi { url, http },
             dir,
         })
     }
@@ -133,6 +148,16 @@ impl Prometheus {
             },
         )
         .await
+    }
+}
+
+impl PrometheusApi {
+    /// The API at `url` (`http://host:9090`).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            http: http_client(),
+        }
     }
 
     /// Evaluates `promql` now (instant query): one (labels, value) per series

@@ -13,16 +13,30 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::{
 use prost::Message;
 use tempfile::TempDir;
 
-use super::{command, json, millis, post_otlp, send, spawn_http_ready, temp_dir};
+use super::{command, http_client, json, millis, post_otlp, send, spawn_http_ready, temp_dir};
 use crate::Error;
 use crate::process::{Process, free_port};
 
 pub struct Pyroscope {
     // Field order is drop order: the process goes before its dir.
     process: Process,
+    api: PyroscopeApi,
+    dir: TempDir,
+}
+
+/// The query API of a Pyroscope: the harness's own (a [`Pyroscope`] derefs
+/// to it) or one running elsewhere, e.g. in a `NodeCluster`.
+pub struct PyroscopeApi {
     url: String,
     http: reqwest::Client,
-    dir: TempDir,
+}
+
+impl std::ops::Deref for Pyroscope {
+    type Target = PyroscopeApi;
+
+    fn deref(&self) -> &PyroscopeApi {
+        &self.api
+    }
 }
 
 /// A merged profile in Pyroscope's flame graph encoding.
@@ -103,8 +117,7 @@ impl Pyroscope {
             spawn_http_ready("pyroscope", cmd, root, &format!("{url}/ready")).await?;
         Ok(Self {
             process,
-            url,
-            http,
+            api: PyroscopeApi { url, http },
             dir,
         })
     }
@@ -146,6 +159,16 @@ impl Pyroscope {
             },
         )
         .await
+    }
+}
+
+impl PyroscopeApi {
+    /// The API at `url` (`http://host:4040`).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            http: http_client(),
+        }
     }
 
     /// The merged profile of `profile_type_id` (e.g.

@@ -19,9 +19,23 @@ pub struct TraceStore {
     process: Process,
     otlp_grpc_port: u16,
     otlp_http_port: u16,
+    api: TraceQuery,
+    dir: TempDir,
+}
+
+/// The query API of a trace store: the harness's own (a [`TraceStore`]
+/// derefs to it) or one running elsewhere, e.g. in a `NodeCluster`.
+pub struct TraceQuery {
     query_url: String,
     http: reqwest::Client,
-    dir: TempDir,
+}
+
+impl std::ops::Deref for TraceStore {
+    type Target = TraceQuery;
+
+    fn deref(&self) -> &TraceQuery {
+        &self.api
+    }
 }
 
 /// One span of a stored trace, flattened from OTLP JSON.
@@ -72,8 +86,7 @@ impl TraceStore {
             process,
             otlp_grpc_port,
             otlp_http_port,
-            query_url,
-            http,
+            api: TraceQuery { query_url, http },
             dir,
         })
     }
@@ -99,6 +112,21 @@ impl TraceStore {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Flattens OTLP JSON traces (as returned by [`Self::trace`]) into spans.
+    pub fn spans_of(traces: &serde_json::Value) -> Vec<TraceSpan> {
+        spans_of(traces)
+    }
+}
+
+impl TraceQuery {
+    /// The query API at `url` (Jaeger's, `http://host:16686`).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            query_url: url.into(),
+            http: http_client(),
+        }
     }
 
     /// The trace as stored, in OTLP JSON (`{"resourceSpans": [...]}`, IDs in
@@ -170,11 +198,6 @@ impl TraceStore {
             return Ok(None);
         }
         Ok(Some(json(what, checked(what, resp).await?).await?))
-    }
-
-    /// Flattens OTLP JSON traces (as returned by [`Self::trace`]) into spans.
-    pub fn spans_of(traces: &serde_json::Value) -> Vec<TraceSpan> {
-        spans_of(traces)
     }
 }
 

@@ -3,13 +3,15 @@
 //! hand and for `make demo`:
 //!
 //!   node-cluster [IMAGE...]   images to build and import once it is up
+//!   node-cluster --demo       Vispyr and the demo app (vispyr_e2e::demo)
 //!
-//! Prints the kubeconfig and containerd socket to use while it runs.
+//! Prints the kubeconfig and containerd socket to use while it runs, and
+//! with --demo what to open, after a line `node-cluster: demo ready`.
 
 use std::process::ExitCode;
 
 use tokio::signal::unix::{SignalKind, signal};
-use vispyr_e2e::{Error, NodeCluster};
+use vispyr_e2e::{Error, NodeCluster, demo};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,13 +25,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Error> {
-    let images: Vec<String> = std::env::args().skip(1).collect();
+    let (with_demo, images): (Vec<String>, Vec<String>) =
+        std::env::args().skip(1).partition(|a| a == "--demo");
     let started = std::time::Instant::now();
     let cluster = NodeCluster::start().await?;
     println!("node-cluster: node Ready after {:?}", started.elapsed());
     if !images.is_empty() {
         let names: Vec<&str> = images.iter().map(String::as_str).collect();
         print!("{}", cluster.import_images(&names).await?);
+    }
+    if !with_demo.is_empty() {
+        // A failed install still tears the cluster down (the drop sweeps).
+        demo::install(&cluster).await?;
+        println!(
+            "node-cluster: demo ready after {:?}\n\n{}",
+            started.elapsed(),
+            demo::instructions(&cluster)
+        );
     }
     println!(
         "node-cluster: export KUBECONFIG={}\nnode-cluster: containerd socket {}\nnode-cluster: Ctrl-C (or SIGTERM) stops and cleans up",
