@@ -25,9 +25,8 @@ const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
 const INIT_CONTAINER: &str = "vispyr-instrumentation-nodejs";
 
 #[tokio::test]
-#[ignore = "helm uninstall leaves the operator's runtime objects (Secret \
-            vispyr-operator-webhook-tls, Lease vispyr-operator): see the \
-            last assertion; run with --ignored"]
+#[ignore = "about 4 minutes, beyond what make test may spend on one test; \
+            run with --ignored (make demo runs the same bring-up)"]
 async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
     let started = Instant::now();
     let cluster = NodeCluster::start().await.expect("node cluster comes up");
