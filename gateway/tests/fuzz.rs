@@ -161,7 +161,6 @@ fn profiles() -> ExportProfilesServiceRequest {
                     sample_type: Some(ValueType {
                         type_strindex: 1,
                         unit_strindex: 2,
-                        ..Default::default()
                     }),
                     samples: vec![Sample {
                         values: vec![10],
