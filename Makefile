@@ -18,7 +18,7 @@ TOOLS := etcd kubernetes kube-proxy coredns prometheus jaeger pyroscope helm nod
 
 NODEJS := instrumentation/nodejs
 
-.PHONY: help deps tools images build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden chart-golden bench demo demo-down fmt lint clean-tools
+.PHONY: help deps tools images build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden chart-golden bench fuzz fuzz-deps demo demo-down fmt lint clean-tools
 
 help:
 	@echo "make demo   bring up Vispyr on a one-node cluster on this machine with a demo Node.js app (root; make demo-down stops it)"
@@ -93,6 +93,35 @@ bench: tools nodejs-deps
 	cargo bench --locked -p vispyr-operator --bench admission
 	cargo bench --locked -p vispyr-node-agent --bench overhead
 	cd $(NODEJS) && npm run bench
+
+# Fuzzing the gateway's receivers (gateway/fuzz) with libFuzzer, each target
+# for FUZZ_SECONDS. libFuzzer needs a nightly toolchain (pinned by date) and
+# cargo-fuzz (pinned, built once into the cache); the corpus grows in the
+# cache, seeded from the committed gateway/fuzz/seeds. A crash is saved in
+# gateway/fuzz/artifacts/<target>/ and fails the run. `make test` replays the
+# seeds and random mutations of them through the same checks on stable
+# (gateway/tests/fuzz.rs).
+FUZZ_TOOLCHAIN := nightly-2026-05-20
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ_ROOT := $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+FUZZ_TARGETS := http_protobuf http_json http_gzip grpc
+FUZZ_SECONDS ?= 60
+
+fuzz-deps: deps
+	rustup toolchain list | grep -q '^$(FUZZ_TOOLCHAIN)' || rustup toolchain install $(FUZZ_TOOLCHAIN) --profile minimal
+	if [[ ! -x $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz ]]; then \
+	  CARGO_TARGET_DIR=$(CARGO_FUZZ_ROOT)/build cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) \
+	    --locked --root $(CARGO_FUZZ_ROOT); \
+	  rm -rf $(CARGO_FUZZ_ROOT)/build; \
+	fi
+
+fuzz: fuzz-deps
+	cd gateway/fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(CACHE)/fuzz/corpus/$$t; \
+	  PATH=$(CARGO_FUZZ_ROOT)/bin:$$PATH cargo +$(FUZZ_TOOLCHAIN) fuzz run --target-dir $(CACHE)/fuzz/target \
+	    $$t $(CACHE)/fuzz/corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=64 -print_final_stats=1; \
+	done
 
 # A one-node cluster on this machine (root) with Vispyr installed by Helm and
 # the demo app under load, left running; prints what to open. e2e/demo/up.sh.

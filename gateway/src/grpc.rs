@@ -19,7 +19,7 @@ use tonic::codegen::{
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Status};
 
-use crate::otlp::{Refusal, Signal};
+use crate::otlp::{Refusal, Signal, decode_protobuf};
 use crate::pipeline::Pipeline;
 
 pub struct OtlpGrpc<S> {
@@ -89,35 +89,50 @@ where
                     req,
                 )
                 .await;
-            too_large_is_resource_exhausted(&this, response.headers_mut());
+            tonic_refusals_as_otlp(&this, response.headers_mut());
             Ok(response)
         })
     }
 }
 
 /// Tonic refuses an over-size message with OUT_OF_RANGE (retryable for OTLP
-/// clients); make it a permanent RESOURCE_EXHAUSTED and count it.
-fn too_large_is_resource_exhausted<S: Signal>(svc: &OtlpGrpc<S>, headers: &mut http::HeaderMap) {
+/// clients) and a malformed frame (truncated, missing, bad compression) with
+/// INTERNAL: make them the permanent RESOURCE_EXHAUSTED and INVALID_ARGUMENT
+/// that OTLP wants for bad requests, and count them. The compressed flag
+/// without a `grpc-encoding` stays INTERNAL, as the gRPC compression spec
+/// requires.
+fn tonic_refusals_as_otlp<S: Signal>(svc: &OtlpGrpc<S>, headers: &mut http::HeaderMap) {
     let Some(status) = Status::from_header_map(headers) else {
         return;
     };
+    let message = status.message();
     let over_size = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted)
-        && (status.message().contains("too large") || status.message().contains("size limit"));
-    if !over_size {
-        return;
-    }
-    let refusal = svc.pipeline.refused(
-        S::NAME,
-        "grpc",
+        && (message.contains("too large") || message.contains("size limit"));
+    let malformed = status.code() == Code::Internal
+        && [
+            "Unexpected EOF decoding stream",
+            "Missing request message",
+            "Error decompressing",
+            "received message with invalid compression flag",
+        ]
+        .iter()
+        .any(|m| message.contains(m));
+    let refusal = if over_size {
         Refusal::TooLarge {
             size: None,
             limit: svc.max_request_bytes,
-        },
-    );
-    let replacement = Status::new(
-        refusal.grpc_code(),
-        format!("{refusal} ({})", status.message()),
-    );
+        }
+    } else if malformed {
+        Refusal::Malformed(format!("invalid gRPC message: {message}"))
+    } else {
+        return;
+    };
+    let refusal = svc.pipeline.refused(S::NAME, "grpc", refusal);
+    let text = match &refusal {
+        Refusal::TooLarge { .. } => format!("{refusal} ({message})"),
+        _ => refusal.to_string(),
+    };
+    let replacement = Status::new(refusal.grpc_code(), text);
     let _ = replacement.add_header(headers);
 }
 
@@ -133,13 +148,9 @@ impl<S: Signal> UnaryService<Bytes> for Export<S> {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
-            let result = match S::Request::decode(request.into_inner()) {
+            let result = match decode_protobuf::<S>(request.into_inner()) {
                 Ok(decoded) => pipeline.accept::<S>(decoded, "grpc").await,
-                Err(e) => Err(pipeline.refused(
-                    S::NAME,
-                    "grpc",
-                    Refusal::Malformed(format!("invalid protobuf: {e}")),
-                )),
+                Err(refusal) => Err(pipeline.refused(S::NAME, "grpc", refusal)),
             };
             result
                 .map(tonic::Response::new)

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::Message;
 
-use crate::otlp::{Logs, Metrics, Profiles, Refusal, RpcStatus, Signal, Traces};
+use crate::otlp::{Logs, Metrics, Profiles, Refusal, RpcStatus, Signal, Traces, decode_protobuf};
 use crate::pipeline::Pipeline;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -38,8 +38,9 @@ pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
         })
 }
 
+/// The body formats OTLP/HTTP accepts.
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum Format {
+pub enum Format {
     Protobuf,
     Json,
 }
@@ -59,15 +60,19 @@ async fn export<S: Signal>(
     body: Body,
 ) -> Response {
     // Errors about the content type itself are answered in JSON, readable by anyone.
-    let format = match format(&headers) {
+    let format = match format(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)) {
         Ok(format) => format,
         Err(refusal) => {
             let refusal = receiver.pipeline.refused(S::NAME, "http", refusal);
             return error(Format::Json, &refusal);
         }
     };
-    let result = match read_body(&headers, body, receiver.max_request_bytes).await {
-        Ok(bytes) => match decode::<S>(format, &bytes) {
+    let limit = receiver.max_request_bytes;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::as_bytes);
+    let result = match read_body(&headers, body, limit).await {
+        Ok(raw) => match decode_http::<S>(format, encoding, &raw, limit) {
             Ok(request) => receiver.pipeline.accept::<S>(request, "http").await,
             Err(refusal) => Err(receiver.pipeline.refused(S::NAME, "http", refusal)),
         },
@@ -90,11 +95,9 @@ async fn export<S: Signal>(
     }
 }
 
-fn format(headers: &HeaderMap) -> Result<Format, Refusal> {
-    let raw = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
+/// The body format a Content-Type names (parameters and case ignored).
+pub fn format(content_type: Option<&[u8]>) -> Result<Format, Refusal> {
+    let raw = String::from_utf8_lossy(content_type.unwrap_or_default()).into_owned();
     let essence = raw.split(';').next().unwrap_or_default().trim();
     if essence.eq_ignore_ascii_case(PROTOBUF) {
         Ok(Format::Protobuf)
@@ -105,21 +108,9 @@ fn format(headers: &HeaderMap) -> Result<Format, Refusal> {
     }
 }
 
-/// The request body, decompressed, at most `limit` bytes before and after.
+/// The raw request body, refused as soon as it is known to be over `limit`
+/// bytes (Content-Length, or while reading).
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refusal> {
-    let gzip = match headers
-        .get(header::CONTENT_ENCODING)
-        .map(HeaderValue::as_bytes)
-    {
-        None => false,
-        Some(v) if v.eq_ignore_ascii_case(b"identity") => false,
-        Some(v) if v.eq_ignore_ascii_case(b"gzip") => true,
-        Some(v) => {
-            return Err(Refusal::UnsupportedEncoding(
-                String::from_utf8_lossy(v).into_owned(),
-            ));
-        }
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -131,20 +122,57 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             limit,
         });
     }
-    let raw = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(Refusal::TooLarge { size: None, limit });
+            Err(Refusal::TooLarge { size: None, limit })
         }
-        Err(e) => return Err(Refusal::Malformed(format!("cannot read the body: {e}"))),
-    };
-    if !gzip {
-        return Ok(raw);
+        Err(e) => Err(Refusal::Malformed(format!("cannot read the body: {e}"))),
     }
-    gunzip(&raw, limit)
 }
 
-fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, Refusal> {
+/// Decodes an OTLP/HTTP request body as the receiver does: its
+/// Content-Encoding (none, `identity` or `gzip`), at most `limit` bytes
+/// before and after decompression, then protobuf or OTLP JSON. This is the
+/// whole of what the receiver does with untrusted bytes (the fuzz targets
+/// drive it), so every failure is a [`Refusal`] naming the problem.
+pub fn decode_http<S: Signal>(
+    format: Format,
+    content_encoding: Option<&[u8]>,
+    body: &[u8],
+    limit: usize,
+) -> Result<S::Request, Refusal> {
+    let gzip = match content_encoding {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case(b"identity") => false,
+        Some(v) if v.eq_ignore_ascii_case(b"gzip") => true,
+        Some(v) => {
+            return Err(Refusal::UnsupportedEncoding(
+                String::from_utf8_lossy(v).into_owned(),
+            ));
+        }
+    };
+    if body.len() > limit {
+        return Err(Refusal::TooLarge {
+            size: Some(body.len() as u64),
+            limit,
+        });
+    }
+    let inflated;
+    let bytes = if gzip {
+        inflated = gunzip(body, limit)?;
+        &inflated[..]
+    } else {
+        body
+    };
+    match format {
+        Format::Protobuf => decode_protobuf::<S>(bytes),
+        Format::Json => serde_json::from_slice(bytes)
+            .map_err(|e| Refusal::Malformed(format!("invalid OTLP JSON: {e}"))),
+    }
+}
+
+fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(compressed)
         .take(limit as u64 + 1)
@@ -153,16 +181,7 @@ fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, Refusal> {
     if out.len() > limit {
         return Err(Refusal::TooLarge { size: None, limit });
     }
-    Ok(out.into())
-}
-
-fn decode<S: Signal>(format: Format, bytes: &[u8]) -> Result<S::Request, Refusal> {
-    match format {
-        Format::Protobuf => S::Request::decode(bytes)
-            .map_err(|e| Refusal::Malformed(format!("invalid protobuf: {e}"))),
-        Format::Json => serde_json::from_slice(bytes)
-            .map_err(|e| Refusal::Malformed(format!("invalid OTLP JSON: {e}"))),
-    }
+    Ok(out)
 }
 
 /// An OTLP/HTTP error: the status code, `Retry-After` when retryable, and a
@@ -200,18 +219,15 @@ mod tests {
 
     #[test]
     fn content_type_parameters_and_case_are_ignored() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("Application/JSON; charset=utf-8"),
-        );
-        assert_eq!(format(&h), Ok(Format::Json));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert_eq!(
-            format(&h),
+            format(Some(b"Application/JSON; charset=utf-8")),
+            Ok(Format::Json)
+        );
+        assert_eq!(
+            format(Some(b"text/plain")),
             Err(Refusal::UnsupportedMediaType("text/plain".into()))
         );
-        assert!(format(&HeaderMap::new()).is_err());
+        assert!(format(None).is_err());
     }
 
     #[test]

@@ -167,6 +167,13 @@ pub fn span_count(rs: &[opentelemetry_proto::tonic::trace::v1::ResourceSpans]) -
         .sum()
 }
 
+/// Decodes a request message, as both receivers get it (an OTLP/HTTP
+/// protobuf body, a gRPC message); a malformed one is refused with prost's
+/// reason.
+pub fn decode_protobuf<S: Signal>(bytes: impl bytes::Buf) -> Result<S::Request, Refusal> {
+    S::Request::decode(bytes).map_err(|e| Refusal::Malformed(format!("invalid protobuf: {e}")))
+}
+
 /// Removes the spans a trace backend cannot store (IDs of the wrong length
 /// or all zero) and returns how many were removed, with a message naming the
 /// first problem.
