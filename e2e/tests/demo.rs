@@ -96,14 +96,27 @@ async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
     // Freshness of traces: one request of our own, with a trace ID we chose,
     // until both services' spans of it are stored, each naming its pod.
     let trace_id = format!("{:032x}", rand_u128());
-    let sent = Instant::now();
-    let response = reqwest::Client::new()
-        .get(format!("{frontend}/checkout?items=5"))
-        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .send()
-        .await
-        .expect("frontend answers");
-    assert!(response.status().is_success(), "{response:?}");
+    // The backend's Service may take a moment to route (kube-proxy's sync):
+    // the frontend answers 502 until it does.
+    let http = reqwest::Client::new();
+    let mut sent = Instant::now();
+    eventually(POD_TIMEOUT, || {
+        sent = Instant::now();
+        let request = http
+            .get(format!("{frontend}/checkout?items=5"))
+            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .send();
+        async move {
+            let response = request.await.map_err(|e| e.to_string())?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("{response:?}"))
+            }
+        }
+    })
+    .await
+    .expect("the frontend answers through the backend");
     let pods_in_trace = eventually(TELEMETRY_TIMEOUT, || async {
         let trace = traces
             .trace(&trace_id)
