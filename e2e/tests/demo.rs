@@ -25,8 +25,8 @@ const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
 const INIT_CONTAINER: &str = "vispyr-instrumentation-nodejs";
 
 #[tokio::test]
-#[ignore = "146-223 s on a 2-core machine, passed once since its last fix: kept \
-            out of make test until it has a record; run with --ignored"]
+#[ignore = "2-4 min on a 2-core machine and new: kept out of make test until \
+            it has a record of passing; run with --ignored"]
 async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
     let started = Instant::now();
     let cluster = NodeCluster::start().await.expect("node cluster comes up");
