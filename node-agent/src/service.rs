@@ -200,9 +200,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
     // Unprefixed: node_exporter's names, so community dashboards work.
     hostmetrics::register(&mut registry, host.clone());
 
-    let (tx, rx) = mpsc::channel(BATCH_QUEUE);
-    // Before anything listens: a missing capability ends the process at once.
-    let profiler = Profiler::spawn(config.profiling.clone(), metrics, tx, shutdown).await?;
+    // A bad exporter endpoint is refused before the eBPF program is loaded.
     let profiles = ProfileExport::start(
         &config,
         attribution::kube_client().await,
@@ -216,6 +214,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
         every: config.profiling.interval(),
         shutdown_timeout: config.shutdown_timeout(),
     };
+
+    let (tx, rx) = mpsc::channel(BATCH_QUEUE);
+    // Before anything listens: a missing capability ends the process at once.
+    let profiler = Profiler::spawn(config.profiling.clone(), metrics, tx, shutdown).await?;
 
     let health = Health::new();
     let admin_stop = CancellationToken::new();
