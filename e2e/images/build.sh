@@ -126,7 +126,10 @@ image_hello() {
 
 rust_image() {
   base_dirs "$rootfs"
-  add_elf "$rootfs" "$(cargo_bin "$1")" "/usr/local/bin/vispyr-$1"
+  # Debug info is most of a debug build's size (over 200 MB each) and nothing
+  # in a pod reads it; the symbol table stays for backtraces.
+  objcopy --strip-debug "$(cargo_bin "$1")" "$work/vispyr-$1"
+  add_elf "$rootfs" "$work/vispyr-$1" "/usr/local/bin/vispyr-$1"
   ENTRYPOINT="[\"/usr/local/bin/vispyr-$1\"]"
 }
 image_operator() { rust_image operator; }
