@@ -7,10 +7,12 @@
 //!   scheduler, containerd and a kubelet: pods really run (root only).
 //! - [`Backends`]: Prometheus, the trace store and Pyroscope, with query helpers.
 //! - [`NodeExporter`]: the reference for the node-agent's host metrics.
+//! - [`dashboards`]: the queries Vispyr's Grafana dashboards send.
 //! - [`demo`]: Vispyr installed with Helm on a `NodeCluster`, with the demo app.
 
 mod backends;
 mod cluster;
+pub mod dashboards;
 pub mod demo;
 mod error;
 mod eventually;

@@ -20,6 +20,9 @@ use kube::api::{Api, DynamicObject, ListParams, PostParams, WatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use vispyr_e2e::dashboards::{
+    Query, Subject, dashboards, datasources, queries, tempo_datasource, without_data,
+};
 use vispyr_e2e::fixtures::cpu_profile;
 use vispyr_e2e::{
     NodeExporter, Prometheus, Pyroscope, TestCluster, assert_allowed, assert_forbidden, eventually,
@@ -425,233 +428,11 @@ fn type_of(prop: &Value) -> String {
     }
 }
 
-const DATASOURCES: &str = "config/grafana/provisioning/datasources/vispyr.yaml";
-
-/// uid -> type of the provisioned datasources.
-fn datasources() -> (BTreeMap<String, String>, Value) {
-    let file: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(Path::new(ROOT).join(DATASOURCES)).unwrap())
-            .expect("datasources file is YAML");
-    let by_uid = file["datasources"]
-        .as_array()
-        .expect("a datasources list")
-        .iter()
-        .map(|d| {
-            (
-                d["uid"]
-                    .as_str()
-                    .expect("every datasource has a uid")
-                    .to_string(),
-                d["type"].as_str().expect("and a type").to_string(),
-            )
-        })
-        .collect();
-    (by_uid, file)
-}
-
-fn dashboards() -> Vec<(String, Value)> {
-    let dir = Path::new(ROOT).join("config/grafana/dashboards");
-    let mut out: Vec<(String, Value)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let text = std::fs::read_to_string(&p).unwrap();
-            let json = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{name} is not valid JSON: {e}"));
-            (name, json)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// Every panel, the panels of rows included.
-fn panels(dashboard: &Value) -> Vec<&Value> {
-    let mut out = Vec::new();
-    for p in dashboard["panels"].as_array().into_iter().flatten() {
-        out.push(p);
-        out.extend(p["panels"].as_array().into_iter().flatten());
-    }
-    out
-}
-
-/// The service the fixtures describe; single-valued variables take it.
-const SERVICE: &str = "checkout";
-
-/// Grafana's variables replaced as Grafana would with "All" selected (the
-/// variable's allValue) or, for a single-valued variable, the fixtures'
-/// service; an undeclared variable is an error.
-fn interpolate(query: &str, declared: &BTreeMap<String, String>) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = query;
-    while let Some(at) = rest.find('$') {
-        out += &rest[..at];
-        let after = &rest[at + 1..];
-        let (name, len) = if let Some(braced) = after.strip_prefix('{') {
-            let close = braced.find('}').ok_or(format!("unclosed ${{ in {query}"))?;
-            let inner = &braced[..close];
-            (inner.split(':').next().unwrap_or_default(), close + 2)
-        } else {
-            let len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            (&after[..len], len)
-        };
-        out += match name {
-            "__rate_interval" | "__interval" | "__range" => "5m",
-            // Tempo's traces-to-metrics: the span's tags as matchers.
-            "__tags" => "service=\"checkout\"",
-            "__span.name" => "GET /cart",
-            n => declared
-                .get(n)
-                .ok_or(format!("undeclared variable ${n} in {query}"))?,
-        };
-        rest = &after[len..];
-    }
-    out += rest;
-    Ok(out)
-}
-
-/// A query a dashboard sends, variables interpolated.
-#[derive(Debug)]
-enum Query {
-    PromQL(String),
-    /// A Pyroscope label selector of the CPU profile type.
-    Profiles(String),
-}
-
-const CPU_PROFILE: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
-
-/// Every query of every dashboard panel and variable, and of the Tempo
-/// datasource's traces-to-metrics links, each with where it is.
-fn queries() -> Vec<(String, Query)> {
-    let (sources, file) = datasources();
-    let mut out = Vec::new();
-    for (name, dashboard) in dashboards() {
-        let vars = dashboard["templating"]["list"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let declared: BTreeMap<String, String> = vars
-            .iter()
-            .map(|v| {
-                let value = v["allValue"].as_str().unwrap_or(SERVICE);
-                (v["name"].as_str().unwrap().to_string(), value.to_string())
-            })
-            .collect();
-        let check_source = |what: &str, ds: &Value| {
-            let uid = ds["uid"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{name}: {what} has no datasource uid"));
-            let kind = sources
-                .get(uid)
-                .unwrap_or_else(|| panic!("{name}: {what} uses datasource {uid}, not provisioned"));
-            assert_eq!(ds["type"].as_str(), Some(kind.as_str()), "{name}: {what}");
-            uid.to_string()
-        };
-        for var in &vars {
-            if var["type"] != "query" {
-                continue;
-            }
-            let what = format!("variable {}", var["name"]);
-            match check_source(&what, &var["datasource"]).as_str() {
-                "vispyr-prometheus" => {
-                    // label_values(<selector>, <label>): the selector is PromQL.
-                    let q = var["query"].as_str().unwrap();
-                    let inner = q
-                        .strip_prefix("label_values(")
-                        .and_then(|s| s.rsplit_once(','))
-                        .map(|(sel, _)| sel)
-                        .unwrap_or_else(|| panic!("{name}: {what}: unexpected query {q}"));
-                    out.push((
-                        format!("{name} {what}"),
-                        Query::PromQL(interpolate(inner, &declared).unwrap()),
-                    ));
-                }
-                "vispyr-pyroscope" => {
-                    assert_eq!(var["query"]["profileTypeId"], CPU_PROFILE, "{name}: {what}");
-                    assert!(var["query"]["labelName"].is_string(), "{name}: {what}");
-                }
-                other => panic!("{name}: {what}: no check for variables of {other}"),
-            }
-        }
-        let mut ids = BTreeSet::new();
-        const PANEL_TYPES: [&str; 6] = [
-            "row",
-            "timeseries",
-            "table",
-            "stat",
-            "nodeGraph",
-            "flamegraph",
-        ];
-        for panel in panels(&dashboard) {
-            assert!(
-                ids.insert(panel["id"].as_i64().unwrap()),
-                "{name}: duplicate panel id"
-            );
-            let kind = panel["type"].as_str().unwrap_or_default();
-            assert!(PANEL_TYPES.contains(&kind), "{name}: panel type {kind:?}");
-            if kind == "row" {
-                continue;
-            }
-            let what = format!("panel {}", panel["title"]);
-            check_source(&what, &panel["datasource"]);
-            let targets = panel["targets"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{name}: {what} has no targets"));
-            assert!(!targets.is_empty(), "{name}: {what} has no query");
-            for target in targets {
-                let field = |key: &str| {
-                    let text = target[key]
-                        .as_str()
-                        .unwrap_or_else(|| panic!("{name}: {what}: no {key}"));
-                    interpolate(text, &declared).unwrap_or_else(|e| panic!("{name}: {e}"))
-                };
-                let query = match check_source(&what, &target["datasource"]).as_str() {
-                    "vispyr-prometheus" => Query::PromQL(field("expr")),
-                    "vispyr-pyroscope" => {
-                        assert_eq!(target["profileTypeId"], CPU_PROFILE, "{name}: {what}");
-                        Query::Profiles(field("labelSelector"))
-                    }
-                    // Tempo panels: TraceQL search or the service map, both
-                    // answered by Tempo itself (the harness has no Tempo).
-                    _ => continue,
-                };
-                out.push((format!("{name} {what}"), query));
-            }
-        }
-    }
-    let tempo = file["datasources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["type"] == "tempo")
-        .expect("a Tempo datasource");
-    for key in ["serviceMap", "tracesToMetrics"] {
-        assert_eq!(
-            tempo["jsonData"][key]["datasourceUid"], "vispyr-prometheus",
-            "{key}"
-        );
-    }
-    assert_eq!(
-        tempo["jsonData"]["tracesToProfiles"]["datasourceUid"],
-        "vispyr-pyroscope"
-    );
-    for q in tempo["jsonData"]["tracesToMetrics"]["queries"]
-        .as_array()
-        .unwrap()
-    {
-        // The provisioning file escapes a literal $ as $$.
-        let query = q["query"].as_str().unwrap().replace("$$", "$");
-        out.push((
-            format!("Tempo traces-to-metrics {}", q["name"]),
-            Query::PromQL(interpolate(&query, &BTreeMap::new()).unwrap()),
-        ));
-    }
-    out
-}
+/// The service the fixtures describe.
+const SUBJECT: Subject = Subject {
+    service: "checkout",
+    span_name: "GET /cart",
+};
 
 #[test]
 fn dashboards_have_unique_uids_and_provisioned_datasources() {
@@ -663,7 +444,7 @@ fn dashboards_have_unique_uids_and_provisioned_datasources() {
         .collect();
     assert_eq!(uids.len(), all.len(), "dashboard uids are unique");
     // Datasource checks run inside.
-    let all = queries();
+    let all = queries(&SUBJECT);
     assert!(
         all.iter()
             .filter(|(_, q)| matches!(q, Query::PromQL(_)))
@@ -799,9 +580,13 @@ async fn every_dashboard_query_runs_in_the_real_backends() {
             .expect("Prometheus (with the chart's config) and Pyroscope start");
     write_fixture(&prometheus).await;
     // A profile as the node agent sends it, the leaf frame's kind on each sample.
+    let since = SystemTime::now() - Duration::from_secs(3600);
     pyroscope
         .push_otlp(&cpu_profile(
-            &[("service.name", SERVICE), ("k8s.pod.name", "checkout-1")],
+            &[
+                ("service.name", SUBJECT.service),
+                ("k8s.pod.name", "checkout-1"),
+            ],
             &[("frame.kind", "js")],
             3,
         ))
@@ -823,13 +608,7 @@ async fn every_dashboard_query_runs_in_the_real_backends() {
     assert_eq!(frame_kinds, ["js"]);
     // Tempo's traces-to-profiles maps span attributes to these label names.
     let (_, file) = datasources();
-    let tempo = file["datasources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["type"] == "tempo")
-        .unwrap();
-    for tag in tempo["jsonData"]["tracesToProfiles"]["tags"]
+    for tag in tempo_datasource(&file)["jsonData"]["tracesToProfiles"]["tags"]
         .as_array()
         .unwrap()
     {
@@ -840,31 +619,7 @@ async fn every_dashboard_query_runs_in_the_real_backends() {
             "traces-to-profiles label {label} is not in Pyroscope"
         );
     }
-    let now = SystemTime::now();
-    let mut failures = Vec::new();
-    for (what, query) in queries() {
-        let result = match &query {
-            Query::PromQL(q) => match prometheus.query(q).await {
-                Ok(series) if series.is_empty() => Err(format!("no data for {q}")),
-                other => other.map(drop).map_err(|e| e.to_string()),
-            },
-            Query::Profiles(selector) => match pyroscope
-                .merged_profile(
-                    CPU_PROFILE,
-                    selector,
-                    now - Duration::from_secs(3600),
-                    now + Duration::from_secs(60),
-                )
-                .await
-            {
-                Ok(flamegraph) if flamegraph.total == 0 => Err(format!("no data for {selector}")),
-                other => other.map(drop).map_err(|e| e.to_string()),
-            },
-        };
-        if let Err(e) = result {
-            failures.push(format!("{what}: {e}"));
-        }
-    }
+    let failures = without_data(&queries(&SUBJECT), &prometheus, &pyroscope, since).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -882,7 +637,7 @@ async fn nodes_dashboard_reads_node_exporter_names() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
-    let queried: BTreeSet<String> = queries()
+    let queried: BTreeSet<String> = queries(&SUBJECT)
         .into_iter()
         .filter(|(what, _)| what.starts_with("node-host.json"))
         .filter_map(|(_, q)| match q {

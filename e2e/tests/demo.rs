@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
+use vispyr_e2e::dashboards::{self, Subject};
 use vispyr_e2e::{
     NODE_NAME, NodeCluster, PrometheusApi, PyroscopeApi, TraceQuery, demo, eventually,
 };
@@ -180,6 +181,24 @@ async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
     .await
     .expect("the backend pod's profile names computePrice");
     let profile_freshness = profiled.elapsed();
+
+    // Every query of every Grafana dashboard returns data from what the
+    // pipeline wrote, with the dashboards' service set to the backend.
+    let subject = Subject {
+        service: "backend",
+        span_name: "GET",
+    };
+    let queries = dashboards::queries(&subject);
+    eventually(TELEMETRY_TIMEOUT, || async {
+        let failures = dashboards::without_data(&queries, &prometheus, &pyroscope, since).await;
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("\n"))
+        }
+    })
+    .await
+    .expect("every dashboard query has data");
 
     // helm uninstall: nothing of the release is left, and pods are admitted.
     demo::uninstall(&cluster).expect("helm uninstall");
