@@ -12,9 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use vispyr_e2e::{
-    NODE_NAME, NodeCluster, PrometheusApi, PyroscopeApi, TraceQuery, demo, eventually,
-};
+use vispyr_e2e::{NODE_NAME, NodeCluster, PrometheusApi, PyroscopeApi, TempoApi, demo, eventually};
 
 /// The whole pipeline on a loaded 2-core machine: export intervals, the
 /// gateway's flush, Pyroscope's ingestion.
@@ -88,7 +86,7 @@ async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
         let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
         url.insert(name, format!("http://{ip}:{port}"));
     }
-    let traces = TraceQuery::new(&url[demo::TRACE_STORE]);
+    let traces = TempoApi::new(&url[demo::TRACE_STORE]);
     let prometheus = PrometheusApi::new(&url["vispyr-prometheus"]);
     let pyroscope = PyroscopeApi::new(&url["vispyr-pyroscope"]);
     let frontend = services_url(&client, "frontend").await;
