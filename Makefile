@@ -14,7 +14,7 @@ ifdef CI
 export CARGO_INCREMENTAL ?= 0
 endif
 # The upstream tools the harness runs: directories of e2e/tools/.
-TOOLS := etcd kubernetes kube-proxy coredns prometheus jaeger pyroscope helm node_exporter
+TOOLS := etcd kubernetes kube-proxy coredns prometheus tempo pyroscope helm node_exporter
 
 NODEJS := instrumentation/nodejs
 

@@ -24,7 +24,7 @@
 #   nodejs-payload instrumentation/nodejs/dist/payload (make nodejs-payload)
 #                  plus cp, which the injected init container runs
 #   demo-app       e2e/demo-app and this machine's node
-#   prometheus, jaeger, pyroscope
+#   prometheus, tempo, pyroscope
 #                  the pinned tools in .tools/bin (make tools)
 set -euo pipefail
 
@@ -37,7 +37,7 @@ TAG="dev"
 PROFILE="${PROFILE:-release}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 TOOLS_BIN="${VISPYR_TOOLS_BIN:-$ROOT/.tools/bin}"
-ALL=(pause hello operator gateway node-agent nodejs-payload demo-app prometheus jaeger pyroscope)
+ALL=(pause hello operator gateway node-agent nodejs-payload demo-app prometheus tempo pyroscope)
 # Every image but the node-agent (which loads eBPF programs) runs as this
 # non-root user unless the pod says otherwise.
 NONROOT=65532
@@ -162,7 +162,7 @@ tool_image() {
   ENTRYPOINT="[\"/usr/local/bin/$tool\"]"; WORKDIR=/data
 }
 image_prometheus() { tool_image prometheus; }
-image_jaeger() { tool_image jaeger; }
+image_tempo() { tool_image tempo; }
 image_pyroscope() { tool_image pyroscope; }
 
 # --- the OCI layout ---------------------------------------------------------

@@ -4,9 +4,10 @@
 //! The chart test runs them on series shaped as the pipeline writes them; the
 //! end-to-end test runs them on what the live pipeline wrote.
 //!
-//! Tempo panels (TraceQL search, the service map) are checked for their
-//! datasource only: Grafana computes the service map from Prometheus, whose
-//! queries are here, and TraceQL is answered by Tempo itself.
+//! Tempo panels are checked for their datasource only: the service map is
+//! built by Grafana from the `traces_service_graph_*` series, whose queries
+//! are here, and a TraceQL search needs Tempo >= 2.0 (the harness runs 1.5,
+//! the newest the Go module registry serves).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

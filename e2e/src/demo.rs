@@ -1,11 +1,10 @@
 //! The demo: Vispyr installed with `helm install` on a [`NodeCluster`] from
-//! the images built here, a trace store beside it, and the annotated demo app
-//! under load. `node-cluster --demo` (what `make demo` runs) and the
-//! end-to-end test (`e2e/tests/demo.rs`) share this one bring-up.
+//! the images built here, and the annotated demo app under load.
+//! `node-cluster --demo` (what `make demo` runs) and the end-to-end test
+//! (`e2e/tests/demo.rs`) share this one bring-up.
 //!
 //! Files: `e2e/demo/values.yaml` (image overrides and the deviations from a
-//! real install, with why), `e2e/demo/trace-store.yaml`,
-//! `e2e/demo-app/demo.yaml`.
+//! real install, with why), `e2e/demo-app/demo.yaml`.
 
 use std::path::{Path, PathBuf};
 
@@ -27,11 +26,9 @@ pub const IMAGES: [&str; 8] = [
     "nodejs-payload",
     "demo-app",
     "prometheus",
-    "jaeger",
+    "tempo",
     "pyroscope",
 ];
-/// The trace store's Service (Jaeger v2, standing in for Tempo).
-pub const TRACE_STORE: &str = "vispyr-trace-store";
 /// Pulls nothing, but a cold node starts a dozen containers on 2 cores.
 const ROLLOUT_TIMEOUT: &str = "--timeout=300s";
 
@@ -39,15 +36,13 @@ fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-/// Imports the images, installs the trace store and the chart, then the demo
-/// app, and waits until every Deployment has rolled out. The chart is
-/// installed before the app so that its webhook sees the app's pods.
+/// Imports the images, installs the chart, then the demo app, and waits
+/// until every Deployment has rolled out. The chart is installed before the
+/// app so that its webhook sees the app's pods.
 pub async fn install(cluster: &NodeCluster) -> Result<(), Error> {
     cluster.import_images(&IMAGES).await?;
     let kube = cluster.control_plane();
     kube.kubectl(&["create", "namespace", NAMESPACE])?;
-    let trace_store = repo_file("e2e/demo/trace-store.yaml");
-    kube.kubectl(&["-n", NAMESPACE, "apply", "-f", &path(&trace_store)])?;
     helm(&[
         "install",
         RELEASE,
@@ -60,14 +55,6 @@ pub async fn install(cluster: &NodeCluster) -> Result<(), Error> {
         &path(&repo_file("e2e/demo/values.yaml")),
         "--wait",
         "--timeout=300s",
-    ])?;
-    kube.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "rollout",
-        "status",
-        &format!("deployment/{TRACE_STORE}"),
-        ROLLOUT_TIMEOUT,
     ])?;
     kube.kubectl(&["apply", "-f", &path(&repo_file("e2e/demo-app/demo.yaml"))])?;
     for deployment in APP_SERVICES.iter().chain(&["load"]) {
@@ -108,9 +95,12 @@ pub fn instructions(cluster: &NodeCluster) -> String {
   kubectl -n {APP_NAMESPACE} get pod -l app=backend -o yaml | grep -A3 vispyr   # what the webhook injected
   kubectl -n {NAMESPACE} get pods
 
-Traces (Jaeger v2 standing in for Tempo: no Tempo build is available here):
-  kubectl -n {NAMESPACE} port-forward svc/{TRACE_STORE} 16686:16686
-  open http://127.0.0.1:16686 and search service "frontend": each trace has frontend and backend spans
+Traces (Tempo 1.5, the newest release buildable here: found by trace ID, no search):
+  kubectl -n {NAMESPACE} port-forward svc/vispyr-tempo 3200:3200 &
+  kubectl -n {APP_NAMESPACE} port-forward svc/frontend 8080:8080 &
+  id=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+  curl -s -H "traceparent: 00-$id-00f067aa0ba902b7-01" 'http://127.0.0.1:8080/checkout?items=5'
+  curl -s -H 'Accept: application/json' http://127.0.0.1:3200/api/traces/$id   # frontend and backend spans
 
 Metrics (Prometheus):
   kubectl -n {NAMESPACE} port-forward svc/vispyr-prometheus 9090:9090

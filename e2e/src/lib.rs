@@ -5,7 +5,7 @@
 //!   webhooks) and a `kube::Client` for it.
 //! - [`NodeCluster`]: the same control plane plus controller-manager,
 //!   scheduler, containerd and a kubelet: pods really run (root only).
-//! - [`Backends`]: Prometheus, the trace store and Pyroscope, with query helpers.
+//! - [`Backends`]: Prometheus, Tempo and Pyroscope, with query helpers.
 //! - [`NodeExporter`]: the reference for the node-agent's host metrics.
 //! - [`dashboards`]: the queries Vispyr's Grafana dashboards send.
 //! - [`demo`]: Vispyr installed with Helm on a `NodeCluster`, with the demo app.
@@ -24,8 +24,8 @@ pub mod process;
 mod tools;
 
 pub use backends::{
-    Backends, Flamegraph, NodeExporter, Prometheus, PrometheusApi, Pyroscope, PyroscopeApi,
-    TraceQuery, TraceSpan, TraceStore,
+    Backends, Flamegraph, NodeExporter, Prometheus, PrometheusApi, Pyroscope, PyroscopeApi, Tempo,
+    TempoApi, TraceSpan,
 };
 pub use cluster::{TestCluster, assert_allowed, assert_forbidden};
 pub use error::Error;

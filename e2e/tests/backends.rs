@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
 use vispyr_e2e::fixtures::{CPU_PROFILE_FUNCTIONS, cpu_profile, string_attr};
-use vispyr_e2e::{Backends, Prometheus, Pyroscope, TraceStore, eventually};
+use vispyr_e2e::{Backends, Prometheus, Pyroscope, Tempo, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
@@ -103,11 +103,11 @@ async fn prometheus_bad_config_fails_start_with_its_log() {
 }
 
 #[tokio::test]
-async fn trace_store_keeps_an_otlp_grpc_span_by_trace_id() {
+async fn tempo_keeps_an_otlp_grpc_span_by_trace_id() {
     let started = Instant::now();
-    let store = TraceStore::start().await.unwrap();
+    let store = Tempo::start().await.unwrap();
     eprintln!(
-        "trace store ready in {:?}, OTLP gRPC at {}",
+        "tempo ready in {:?}, OTLP gRPC at {}",
         started.elapsed(),
         store.otlp_grpc_endpoint()
     );

@@ -13,9 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use vispyr_e2e::dashboards::{self, Subject};
-use vispyr_e2e::{
-    NODE_NAME, NodeCluster, PrometheusApi, PyroscopeApi, TraceQuery, demo, eventually,
-};
+use vispyr_e2e::{NODE_NAME, NodeCluster, PrometheusApi, PyroscopeApi, TempoApi, demo, eventually};
 
 /// The whole pipeline on a loaded 2-core machine: export intervals, the
 /// gateway's flush, Pyroscope's ingestion.
@@ -33,7 +31,7 @@ async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
     let cluster = NodeCluster::start().await.expect("node cluster comes up");
     demo::install(&cluster)
         .await
-        .expect("images, trace store, chart and demo app install");
+        .expect("images, chart and demo app install");
     let installed = started.elapsed();
     let client = cluster.control_plane().client();
 
@@ -81,7 +79,7 @@ async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
     let services: Api<Service> = Api::namespaced(client.clone(), demo::NAMESPACE);
     let mut url = BTreeMap::new();
     for (name, port) in [
-        (demo::TRACE_STORE, 16686),
+        ("vispyr-tempo", 3200),
         ("vispyr-prometheus", 9090),
         ("vispyr-pyroscope", 4040),
     ] {
@@ -89,7 +87,7 @@ async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
         let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
         url.insert(name, format!("http://{ip}:{port}"));
     }
-    let traces = TraceQuery::new(&url[demo::TRACE_STORE]);
+    let traces = TempoApi::new(&url["vispyr-tempo"]);
     let prometheus = PrometheusApi::new(&url["vispyr-prometheus"]);
     let pyroscope = PyroscopeApi::new(&url["vispyr-pyroscope"]);
     let frontend = services_url(&client, "frontend").await;
@@ -215,8 +213,6 @@ async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
             ])
             .map_err(|e| vec![e.to_string()])?
             .lines()
-            // The trace store is the test's, not the release's.
-            .filter(|l| !l.contains(demo::TRACE_STORE))
             .filter(|l| !matches!(*l, "configmap/kube-root-ca.crt" | "serviceaccount/default"))
             .map(str::to_string)
             .collect();

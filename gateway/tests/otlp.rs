@@ -1,4 +1,4 @@
-//! The gateway binary between OTLP clients and a real trace store (Jaeger v2
+//! The gateway binary between OTLP clients and a real trace store (Tempo
 //! from the harness): every transport delivers whole traces, bad requests get
 //! the OTLP status codes with a reason, a dead backend turns into retryable
 //! errors once the queue is full, and SIGTERM flushes the queue.
@@ -12,7 +12,7 @@ use bytes::{Buf, BufMut, Bytes};
 use common::{Gateway, TestTrace, WAIT};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
-use vispyr_e2e::{TraceStore, eventually};
+use vispyr_e2e::{Tempo, eventually};
 use vispyr_gateway::otlp::RpcStatus;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -38,7 +38,7 @@ async fn post(
 
 #[tokio::test]
 async fn traces_arrive_whole_over_grpc_and_http_protobuf_json_gzip() {
-    let store = TraceStore::start().await.unwrap();
+    let store = Tempo::start().await.unwrap();
     let gateway = Gateway::start(&[format!(
         "exporters.traces.endpoint={}",
         store.otlp_grpc_endpoint()
@@ -348,7 +348,7 @@ async fn bad_grpc_requests_get_invalid_argument_and_resource_exhausted() {
 
 #[tokio::test]
 async fn dead_trace_store_fills_the_queue_and_clients_are_told_to_retry() {
-    let mut store = TraceStore::start().await.unwrap();
+    let mut store = Tempo::start().await.unwrap();
     let gateway = Gateway::start(&[
         format!("exporters.traces.endpoint={}", store.otlp_grpc_endpoint()),
         "exporters.traces.queue_spans=9".into(),
@@ -425,7 +425,7 @@ async fn dead_trace_store_fills_the_queue_and_clients_are_told_to_retry() {
 
 #[tokio::test]
 async fn sigterm_flushes_queued_spans_before_exiting() {
-    let store = TraceStore::start().await.unwrap();
+    let store = Tempo::start().await.unwrap();
     let mut gateway = Gateway::start(&[
         format!("exporters.traces.endpoint={}", store.otlp_grpc_endpoint()),
         // Batches would wait a minute: only the drain sends them in time.

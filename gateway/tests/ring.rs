@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tokio::sync::Mutex;
 use vispyr_e2e::process::free_port;
-use vispyr_e2e::{TestCluster, TraceStore, eventually};
+use vispyr_e2e::{Tempo, TestCluster, eventually};
 use vispyr_gateway::otlp::retryable;
 
 const SENT: &str = r#"vispyr_gateway_exporter_sent_spans_total{exporter="traces"}"#;
@@ -27,7 +27,7 @@ const RECEIVED: &str = "vispyr_gateway_ring_received_spans_total";
 const REMOTE: &str = r#"vispyr_gateway_ring_routed_spans_total{owner="remote"}"#;
 
 /// `n` members that all see each other, exporting to `store`.
-async fn ring(store: &TraceStore, n: usize) -> Vec<Gateway> {
+async fn ring(store: &Tempo, n: usize) -> Vec<Gateway> {
     common::ring(
         n,
         &[
@@ -68,7 +68,7 @@ async fn sum(members: &[Gateway], series: &str) -> f64 {
 async fn spans_sent_to_different_members_meet_whole_on_one() {
     const TRACES: usize = 60;
     const SPANS: usize = 6;
-    let store = TraceStore::start().await.unwrap();
+    let store = Tempo::start().await.unwrap();
     let members = ring(&store, 3).await;
     let traces: Vec<TestTrace> = (0..TRACES)
         .map(|i| TestTrace::new(&format!("svc-{}", i % 4), SPANS - 1))
@@ -208,7 +208,7 @@ async fn send_while(
 /// Every acknowledged span is stored; with `exactly_once`, nothing else
 /// and nothing twice.
 async fn assert_acknowledged_stored(
-    store: &TraceStore,
+    store: &Tempo,
     acked: &BTreeMap<String, BTreeSet<String>>,
     exactly_once: bool,
 ) {
@@ -235,7 +235,7 @@ async fn assert_acknowledged_stored(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_member_loses_no_acknowledged_span() {
-    let store = TraceStore::start().await.unwrap();
+    let store = Tempo::start().await.unwrap();
     let mut members = ring(&store, 3).await;
     let mut dead = members.pop().unwrap();
     let acked = send_while(&[&members[0], &members[1]], 160, 40, async || {
@@ -258,7 +258,7 @@ async fn a_killed_member_loses_no_acknowledged_span() {
 // Multi-threaded: the clients keep sending while this thread waits for the exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_stopped_with_sigterm_leaves_and_hands_nothing_off_twice() {
-    let store = TraceStore::start().await.unwrap();
+    let store = Tempo::start().await.unwrap();
     let mut members = ring(&store, 3).await;
     let mut leaving = members.pop().unwrap();
     let acked = send_while(&[&members[0], &members[1]], 160, 40, async || {

@@ -1,18 +1,15 @@
 //! The storage backends the gateway writes to, as real upstream binaries on
-//! loopback: Prometheus (remote write v1 + OTLP receivers), a trace store that
-//! takes OTLP and answers by trace ID, and Pyroscope (OTLP profiles). Also
+//! loopback: Prometheus (remote write v1 + OTLP receivers), Tempo (OTLP
+//! traces, queried by trace ID) and Pyroscope (OTLP profiles). Also
 //! node_exporter, the reference the node-agent's host metrics are checked on.
 //!
 //! Each backend has a temp dir and free ports of its own, so tests run in
 //! parallel; dropping the handle kills the process before its dir goes away.
-//! Query helpers are named after what they answer, not after the product, so
-//! that an implementation can be swapped (the trace store is Jaeger v2 today,
-//! standing in for Tempo).
 
 mod node_exporter;
 mod prometheus;
 mod pyroscope;
-mod trace_store;
+mod tempo;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -27,7 +24,7 @@ use crate::process::Process;
 pub use node_exporter::NodeExporter;
 pub use prometheus::{Prometheus, PrometheusApi};
 pub use pyroscope::{Flamegraph, Pyroscope, PyroscopeApi};
-pub use trace_store::{TraceQuery, TraceSpan, TraceStore};
+pub use tempo::{Tempo, TempoApi, TraceSpan};
 
 /// How long a backend may take to become ready on a loaded 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -37,17 +34,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// All three backends, started concurrently.
 pub struct Backends {
     pub prometheus: Prometheus,
-    pub traces: TraceStore,
+    pub traces: Tempo,
     pub pyroscope: Pyroscope,
 }
 
 impl Backends {
-    /// Starts Prometheus, the trace store and Pyroscope at once and waits until
+    /// Starts Prometheus, Tempo and Pyroscope at once and waits until
     /// each is ready. If one fails, the others are killed and the error quotes
     /// the failing tool's own log.
     pub async fn start() -> Result<Self, Error> {
         let (prometheus, traces, pyroscope) =
-            tokio::try_join!(Prometheus::start(), TraceStore::start(), Pyroscope::start())?;
+            tokio::try_join!(Prometheus::start(), Tempo::start(), Pyroscope::start())?;
         Ok(Self {
             prometheus,
             traces,
@@ -70,8 +67,9 @@ fn write_file(path: &Path, content: &str) -> Result<PathBuf, Error> {
 
 /// A command for a pinned tool that runs in `dir` (so any relative default
 /// path lands there) and does not inherit the test's OpenTelemetry or Jaeger
-/// settings: both Jaeger and Pyroscope would otherwise trace themselves to
-/// whatever `OTEL_EXPORTER_OTLP_ENDPOINT` says, possibly our own receivers.
+/// client settings: Tempo and Pyroscope would otherwise trace themselves to
+/// whatever `OTEL_EXPORTER_OTLP_ENDPOINT` or `JAEGER_*` say, possibly our own
+/// receivers.
 fn command(tool: &str, dir: &Path) -> Result<Command, Error> {
     let mut cmd = Command::new(crate::tool(tool)?);
     cmd.current_dir(dir);

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use vispyr_e2e::process::{Process, free_port};
-use vispyr_e2e::{TraceStore, eventually};
+use vispyr_e2e::{Tempo, eventually};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vispyr-gateway");
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -235,7 +235,7 @@ impl TestTrace {
 
     /// Waits until the store holds exactly this trace: every span once, its
     /// parent and the service name.
-    pub async fn assert_stored(&self, store: &TraceStore) {
+    pub async fn assert_stored(&self, store: &Tempo) {
         let want: BTreeSet<(String, String, String, String)> = self
             .spans
             .iter()
