@@ -118,6 +118,8 @@ function useLeanServerHandling(instrumentations, instrumentationConfig) {
   const { LeanServerHttpInstrumentation } = require('./http-server.cjs');
   const i = instrumentations.findIndex((inst) => inst instanceof HttpInstrumentation);
   if (i < 0) return;
+  // Constructed, the upstream instance has registered its module hooks;
+  // disabled, they patch nothing, so only the subclass wraps http(s).
   instrumentations[i].disable();
   instrumentations[i] = new LeanServerHttpInstrumentation(instrumentationConfig['@opentelemetry/instrumentation-http']);
 }
