@@ -10,7 +10,7 @@
 //   --warmup S        BENCH_WARMUP       warmup seconds per slot      (1.5)
 //   --connections N   BENCH_CONNECTIONS  autocannon connections       (10)
 //   --variants a,b,c  BENCH_VARIANTS     which variants (keys below)  (baseline,preload,preload+perf)
-//   --extra           BENCH_EXTRA=1      add the diagnostic variants (sampled-10, no-metrics, no-traces, http-only, no-http)
+//   --extra           BENCH_EXTRA=1      add the diagnostic variants (upstream-http-server, sampled-10, no-metrics, no-traces, http-only, no-http)
 //   --json FILE                          also write every round's figures as JSON
 //   BENCH_NO_PIN=1                       do not pin processes to CPUs
 //   VISPYR_BENCH_PAYLOAD=dist/payload    measure a built payload instead of this directory
@@ -74,6 +74,12 @@ const VARIANTS = {
     nodeOptions: PRELOAD,
     env: { OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'http' },
   },
+  'upstream-http-server': {
+    label: 'preload, VISPYR_HTTP_SERVER=upstream',
+    nodeOptions: PRELOAD,
+    env: { VISPYR_HTTP_SERVER: 'upstream' },
+    exports: true,
+  },
   'http-only': {
     label: 'preload, OTEL_NODE_ENABLED_INSTRUMENTATIONS=http',
     nodeOptions: PRELOAD,
@@ -82,7 +88,7 @@ const VARIANTS = {
   },
 };
 const DEFAULT_VARIANTS = ['baseline', 'preload', 'preload+perf'];
-const EXTRA_VARIANTS = ['sampled-10', 'no-metrics', 'no-traces', 'http-only', 'no-http'];
+const EXTRA_VARIANTS = ['upstream-http-server', 'sampled-10', 'no-metrics', 'no-traces', 'http-only', 'no-http'];
 
 // ---------------------------------------------------------------- options
 

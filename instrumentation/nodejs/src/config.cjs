@@ -14,6 +14,9 @@ const SAMPLERS = [
   'parentbased_traceidratio',
 ];
 
+// VISPYR_HTTP_SERVER: how incoming http requests become spans (src/http-server.cjs).
+const HTTP_SERVER_MODES = ['lean', 'upstream'];
+
 // Variables whose problems this module reports itself: the SDK's own diag
 // messages about them are dropped so that each problem is said once.
 const HANDLED = [
@@ -65,10 +68,12 @@ function endpointProblem(raw) {
 }
 
 /**
- * @returns {{fatal: string|null, problems: string[], skipSignals: {traces: boolean, metrics: boolean}}}
+ * @returns {{fatal: string|null, problems: string[], skipSignals: {traces: boolean, metrics: boolean}, upstreamHttpServer: boolean}}
  *   fatal: why the SDK must not start at all; problems: "<what> ignored: <why>"
  *   sentences for a degraded but running setup; skipSignals: signals that
- *   must not be exported.
+ *   must not be exported; upstreamHttpServer: VISPYR_HTTP_SERVER=upstream
+ *   (incoming requests handled by instrumentation-http's own code, see
+ *   src/http-server.cjs).
  */
 function check(env) {
   const problems = [];
@@ -118,7 +123,12 @@ function check(env) {
     }
   }
 
-  return { fatal, problems, skipSignals };
+  const httpServer = value(env, 'VISPYR_HTTP_SERVER');
+  if (httpServer !== undefined && !HTTP_SERVER_MODES.includes(httpServer)) {
+    problems.push(`VISPYR_HTTP_SERVER ignored: ${quote(httpServer)} is not one of ${HTTP_SERVER_MODES.join(', ')}; using lean`);
+  }
+
+  return { fatal, problems, skipSignals, upstreamHttpServer: httpServer === 'upstream' };
 }
 
 /** Kubernetes resource attributes from the VISPYR_* downward-API variables. */

@@ -109,6 +109,21 @@ function addFastify(instrumentations) {
   }
 }
 
+/**
+ * Swaps the http instrumentation (when enabled) for the subclass with the
+ * leaner incoming-request handling (src/http-server.cjs), same config.
+ */
+function useLeanServerHandling(instrumentations, instrumentationConfig) {
+  const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http');
+  const { LeanServerHttpInstrumentation } = require('./http-server.cjs');
+  const i = instrumentations.findIndex((inst) => inst instanceof HttpInstrumentation);
+  if (i < 0) return;
+  // Constructed, the upstream instance has registered its module hooks;
+  // disabled, they patch nothing, so only the subclass wraps http(s).
+  instrumentations[i].disable();
+  instrumentations[i] = new LeanServerHttpInstrumentation(instrumentationConfig['@opentelemetry/instrumentation-http']);
+}
+
 /** Module names the enabled instrumentations patch, for the ESM hook's include list. */
 function hookedModuleNames(instrumentations) {
   const names = new Set();
@@ -280,6 +295,7 @@ function start() {
       for (const name of LOG_SENDING_INSTRUMENTATIONS) instrumentationConfig[name] = { disableLogSending: true };
     }
     instrumentations = auto.getNodeAutoInstrumentations(instrumentationConfig);
+    if (!checked.upstreamHttpServer) useLeanServerHandling(instrumentations, instrumentationConfig);
     const fastifyProblem = addFastify(instrumentations);
     if (fastifyProblem) startProblems.push(fastifyProblem);
     const resourceDetectors = withEnv(

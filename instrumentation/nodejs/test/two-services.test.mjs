@@ -52,6 +52,13 @@ test('A calls B with node:http: trace context propagated', async () => {
   assert.equal(aClient.attributes['http.response.status_code'], 200);
 });
 
+test("A calls B after reading the request body: the request's events run in the server span's context", async () => {
+  const res = await a.post('/call-after-body', 'payload');
+  assert.equal(res.status, 200);
+  await receiver.waitFor('the /call-after-body trace in both services', tracesDone('/call-after-body'));
+  assertPropagated('/call-after-body', '@opentelemetry/instrumentation-http');
+});
+
 test('A calls B with fetch (undici): trace context propagated', async () => {
   const res = await a.get('/call-fetch');
   assert.equal(res.status, 200);

@@ -18,8 +18,8 @@ test('config.check: valid settings are quiet', () => {
     OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
     OTEL_TRACES_SAMPLER_ARG: '0.25',
   });
-  assert.deepEqual(r, { fatal: null, problems: [], skipSignals: { traces: false, metrics: false } });
-  assert.deepEqual(config.check({}), { fatal: null, problems: [], skipSignals: { traces: false, metrics: false } });
+  assert.deepEqual(r, { fatal: null, problems: [], skipSignals: { traces: false, metrics: false }, upstreamHttpServer: false });
+  assert.deepEqual(config.check({}), { fatal: null, problems: [], skipSignals: { traces: false, metrics: false }, upstreamHttpServer: false });
 });
 
 test('config.check: a bad general endpoint is fatal unless both signals have their own', () => {
@@ -53,6 +53,14 @@ test('config.check: sampler argument must be a number in [0, 1]', () => {
   for (const good of ['0', '1', '0.001', ' 0.5 ', '']) {
     assert.equal(config.check({ OTEL_TRACES_SAMPLER_ARG: good }).problems.length, 0, good);
   }
+});
+
+test('config.check: VISPYR_HTTP_SERVER is lean (default) or upstream', () => {
+  assert.equal(config.check({ VISPYR_HTTP_SERVER: 'upstream' }).upstreamHttpServer, true);
+  assert.deepEqual(config.check({ VISPYR_HTTP_SERVER: 'lean' }).problems, []);
+  const r = config.check({ VISPYR_HTTP_SERVER: 'fast' });
+  assert.equal(r.upstreamHttpServer, false);
+  assert.deepEqual(r.problems, ['VISPYR_HTTP_SERVER ignored: "fast" is not one of lean, upstream; using lean']);
 });
 
 test('k8sAttributes: downward-API variables as k8s.* attributes, blanks ignored', () => {

@@ -88,6 +88,12 @@ export class App {
     return { status: res.status, body: await res.text() };
   }
 
+  /** POST a body to a path of the app; resolves with {status, body}. */
+  async post(p, body) {
+    const res = await fetch(`${this.url}${p}`, { method: 'POST', body });
+    return { status: res.status, body: await res.text() };
+  }
+
   /** Sends a signal and waits for the exit; resolves with {code, signal}. */
   async stop(signal = 'SIGTERM', timeoutMs = 15000) {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);

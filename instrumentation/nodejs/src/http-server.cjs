@@ -1,0 +1,100 @@
+'use strict';
+// The http instrumentation with a leaner handling of incoming requests.
+//
+// @opentelemetry/instrumentation-http wraps http(s).Server#emit and, for every
+// 'request' event, builds the server span through layers of optional hooks
+// (ignore/start/request/response hooks, header capture, custom-attribute
+// callbacks, parent requirements), each guarded by safeExecuteInTheMiddle
+// with fresh closures and argument arrays, plus a WeakSet of unended spans.
+// This package configures the SDK only through OTEL_* variables, which set
+// none of those hooks, so that per-request machinery is pure overhead; on a
+// small handler it measured as a large part of the preload's cost
+// (docs/benchmarks.md).
+//
+// This subclass replaces only that incoming-request function. It produces the
+// same span: same tracer (scope @opentelemetry/instrumentation-http), name
+// "<METHOD>" or "<METHOD> <route>" once a framework instrumentation has set
+// the route in the RPC metadata, kind SERVER, the upstream request
+// attributes (computed by its own function), http.response.status_code and
+// http.route, error status on 5xx or on an error of the response, W3C trace
+// context extracted from the headers, and the span active (with the request
+// and response emitters bound to it) while the application handles the
+// request. The http.server.request.duration histogram is recorded as
+// upstream. Outgoing requests, https and everything else are the upstream
+// class's code, unchanged. The package pins the upstream version, and the
+// tests assert the span shape, so an upgrade that changes the internals this
+// relies on (the _incomingRequestFunction hook, the utils module) fails them.
+
+const api = require('@opentelemetry/api');
+const core = require('@opentelemetry/core');
+const { errorMonitor } = require('node:events');
+const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http');
+const utils = require('@opentelemetry/instrumentation-http/build/src/utils.js');
+
+const ATTR_STATUS_CODE = 'http.response.status_code';
+const ATTR_ROUTE = 'http.route';
+
+class LeanServerHttpInstrumentation extends HttpInstrumentation {
+  _incomingRequestFunction(component, original) {
+    const inst = this;
+    const attributeOptions = { component, enableSyntheticSourceDetection: false };
+    return function incomingRequest(event, request, response) {
+      if (event !== 'request') return original.apply(this, arguments);
+
+      const method = request.method || 'GET';
+      const attributes = utils.getIncomingRequestAttributes(request, attributeOptions, inst._diag);
+      const metricAttributes = {
+        'http.request.method': attributes['http.request.method'],
+        'url.scheme': attributes['url.scheme'],
+      };
+      if (attributes['network.protocol.version']) {
+        metricAttributes['network.protocol.version'] = attributes['network.protocol.version'];
+      }
+      const startTime = core.hrTime();
+      const parent = api.propagation.extract(api.ROOT_CONTEXT, request.headers);
+      const span = inst.tracer.startSpan(method, { kind: api.SpanKind.SERVER, attributes }, parent);
+      // Framework instrumentations (express, koa, ...) set rpc.route.
+      const rpc = { type: core.RPCType.HTTP, span };
+      const ctx = core.setRPCMetadata(api.trace.setSpan(parent, span), rpc);
+
+      let ended = false;
+      const end = (error) => {
+        if (ended) return;
+        ended = true;
+        const code = response.statusCode;
+        span.setAttribute(ATTR_STATUS_CODE, code);
+        metricAttributes[ATTR_STATUS_CODE] = code;
+        if (rpc.route !== undefined) {
+          span.setAttribute(ATTR_ROUTE, rpc.route);
+          span.updateName(`${method} ${rpc.route}`);
+          metricAttributes[ATTR_ROUTE] = rpc.route;
+        }
+        if (error) {
+          utils.setSpanWithError(span, error);
+          metricAttributes['error.type'] = error.name;
+        } else {
+          span.setStatus({ code: utils.parseResponseStatus(api.SpanKind.SERVER, code) });
+          if (code >= 500 && code < 600) metricAttributes['error.type'] = String(code);
+        }
+        span.end();
+        inst._recordServerDuration(core.hrTimeToMilliseconds(core.hrTimeDuration(startTime, core.hrTime())), metricAttributes);
+      };
+
+      return api.context.with(ctx, () => {
+        api.context.bind(ctx, request);
+        api.context.bind(ctx, response);
+        // After 'error' only 'close' follows: the error ends the span.
+        response.on(errorMonitor, end);
+        response.on('close', () => end());
+        try {
+          return original.call(this, event, request, response);
+        } catch (error) {
+          end(error);
+          throw error;
+        }
+      });
+    };
+  }
+}
+
+module.exports = { LeanServerHttpInstrumentation };
