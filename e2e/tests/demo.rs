@@ -95,9 +95,14 @@ async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
     // Freshness of traces: one request of our own, with a trace ID we chose,
     // until both services' spans of it are stored, each naming its pod.
     let trace_id = format!("{:032x}", rand_u128());
-    // The backend's Service may take a moment to route (kube-proxy's sync):
-    // the frontend answers 502 until it does.
-    let http = reqwest::Client::new();
+    // The Services may take a moment to route (kube-proxy's sync): until
+    // then the frontend answers 502, or the host's default route takes the
+    // ClusterIP elsewhere. A new connection per attempt, so that one made
+    // before the rules existed is not reused after.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client");
     let mut sent = Instant::now();
     eventually(POD_TIMEOUT, || {
         sent = Instant::now();
