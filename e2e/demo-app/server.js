@@ -5,7 +5,10 @@
 //   ROLE=frontend  GET /checkout?items=N  calls the backend once per request
 //   ROLE=backend   GET /price?items=N     CPU-heavy: computePrice(), whose
 //                                         CPU time grows with N, is the hot
-//                                         function a profile should name
+//                                         function a profile should name;
+//                                         one request in FAIL_EVERY (default
+//                                         25) fails with 500, so that error
+//                                         rates have something to show
 //   ROLE=load      calls TARGET_URL every INTERVAL_MS, forever
 //
 // Every role answers GET /healthz. PORT (default 8080); BACKEND_URL (default
@@ -61,11 +64,15 @@ function get(url) {
   });
 }
 
+const failEvery = Number(process.env.FAIL_EVERY || 25);
+let priced = 0;
+
 const routes = {
   backend: {
     '/price': (req, res) => {
       const n = items(req.url);
       if (n === null) return reply(res, 400, { error: 'items must be an integer in 1..10000' });
+      if (++priced % failEvery === 0) return reply(res, 500, { error: 'pricing is temporarily unavailable' });
       reply(res, 200, { items: n, price: computePrice(n) });
     },
   },

@@ -480,7 +480,7 @@ nodejs_eventloop_delay_p90_seconds{job="checkout",instance="pod-1"} 0.02
 nodejs_eventloop_delay_p99_seconds{job="checkout",instance="pod-1"} 0.03
 nodejs_eventloop_delay_max_seconds{job="checkout",instance="pod-1"} 0.04
 v8js_memory_heap_used_bytes{job="checkout",instance="pod-1",v8js_heap_space_name="old_space"} 1e6
-v8js_memory_heap_limit_bytes{job="checkout",instance="pod-1"} 1e8
+v8js_memory_heap_space_size_bytes{job="checkout",instance="pod-1",v8js_heap_space_name="old_space"} 1e8
 v8js_gc_duration_seconds_sum{job="checkout",instance="pod-1",v8js_gc_type="major"} 0.5
 v8js_gc_duration_seconds_count{job="checkout",instance="pod-1",v8js_gc_type="major"} 5
 node_cpu_seconds_total{node="node-1",cpu="0",mode="idle"} 50
@@ -619,7 +619,7 @@ async fn every_dashboard_query_runs_in_the_real_backends() {
             "traces-to-profiles label {label} is not in Pyroscope"
         );
     }
-    let failures = without_data(&queries(&SUBJECT), &prometheus, &pyroscope, since).await;
+    let failures = without_data(&queries(&SUBJECT), &prometheus, &pyroscope, since, false).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -3,9 +3,10 @@
 //! members in different requests, meet on the one member that owns the trace
 //! ID and reach the store whole and once; a member killed mid-stream loses
 //! no span the ring acknowledged; a member stopped with SIGTERM leaves the
-//! ring and hands nothing off twice. With Kubernetes membership, the ring
-//! follows the ready endpoints of the Service's EndpointSlices on a real
-//! apiserver.
+//! ring and hands nothing off twice; the trace store stopped for 30 s under
+//! load costs bounded memory and retryable errors, and loses nothing
+//! acknowledged. With Kubernetes membership, the ring follows the ready
+//! endpoints of the Service's EndpointSlices on a real apiserver.
 
 mod common;
 
@@ -26,18 +27,17 @@ const SENT: &str = r#"vispyr_gateway_exporter_sent_spans_total{exporter="traces"
 const RECEIVED: &str = "vispyr_gateway_ring_received_spans_total";
 const REMOTE: &str = r#"vispyr_gateway_ring_routed_spans_total{owner="remote"}"#;
 
-/// `n` members that all see each other, exporting to `store`.
-async fn ring(store: &Tempo, n: usize) -> Vec<Gateway> {
-    common::ring(
-        n,
-        &[
-            "ring.forward_timeout_ms=5000".into(),
-            format!("exporters.traces.endpoint={}", store.otlp_grpc_endpoint()),
-            "exporters.traces.batch_timeout_ms=20".into(),
-            "drain_timeout_ms=5000".into(),
-        ],
-    )
-    .await
+/// `n` members that all see each other, exporting to `store`; `sets` go to
+/// every member.
+async fn ring(store: &Tempo, n: usize, sets: &[&str]) -> Vec<Gateway> {
+    let mut all = vec![
+        "ring.forward_timeout_ms=5000".into(),
+        format!("exporters.traces.endpoint={}", store.otlp_grpc_endpoint()),
+        "exporters.traces.batch_timeout_ms=20".into(),
+        "drain_timeout_ms=5000".into(),
+    ];
+    all.extend(sets.iter().map(|s| s.to_string()));
+    common::ring(n, &all).await
 }
 
 /// One request holding the spans at `index` of each of `traces`.
@@ -69,7 +69,7 @@ async fn spans_sent_to_different_members_meet_whole_on_one() {
     const TRACES: usize = 60;
     const SPANS: usize = 6;
     let store = Tempo::start().await.unwrap();
-    let members = ring(&store, 3).await;
+    let members = ring(&store, 3, &[]).await;
     let traces: Vec<TestTrace> = (0..TRACES)
         .map(|i| TestTrace::new(&format!("svc-{}", i % 4), SPANS - 1))
         .collect();
@@ -125,27 +125,32 @@ async fn spans_sent_to_different_members_meet_whole_on_one() {
 }
 
 /// Sends `request` to the members in turn, from `first`, until one
-/// acknowledges it; non-retryable errors fail the test.
+/// acknowledges it within `patience`; non-retryable errors fail the test.
+/// Returns the retryable errors it was answered with.
 async fn send_until_acknowledged(
     clients: &mut [TraceServiceClient<tonic::transport::Channel>],
     first: usize,
     request: ExportTraceServiceRequest,
-) {
-    let deadline = Instant::now() + WAIT;
+    patience: Duration,
+) -> Vec<tonic::Code> {
+    let deadline = Instant::now() + patience;
+    let mut refusals = Vec::new();
     for attempt in 0.. {
         let client = &mut clients[(first + attempt) % clients.len()];
         let mut req = tonic::Request::new(request.clone());
         req.set_timeout(Duration::from_secs(10));
         match client.export(req).await {
-            Ok(_) => return,
+            Ok(_) => break,
             Err(status) => {
                 let (retry, _) = retryable(&status);
                 assert!(retry, "permanent error: {status:?}");
                 assert!(Instant::now() < deadline, "never acknowledged: {status:?}");
+                refusals.push(status.code());
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     }
+    refusals
 }
 
 /// Four clients send traces to `senders` (each trace's spans in two
@@ -178,7 +183,7 @@ async fn send_while(
                             .flat_map(|t| t.proto_of([2 * half, 2 * half + 1]).resource_spans)
                             .collect(),
                     };
-                    send_until_acknowledged(&mut clients, task + i + half, req).await;
+                    send_until_acknowledged(&mut clients, task + i + half, req, WAIT).await;
                     let mut acked = acked.lock().await;
                     for t in &traces {
                         let ids = acked.entry(t.trace_id()).or_default();
@@ -236,7 +241,7 @@ async fn assert_acknowledged_stored(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_member_loses_no_acknowledged_span() {
     let store = Tempo::start().await.unwrap();
-    let mut members = ring(&store, 3).await;
+    let mut members = ring(&store, 3, &[]).await;
     let mut dead = members.pop().unwrap();
     let acked = send_while(&[&members[0], &members[1]], 160, 40, async || {
         // It owned some of what was sent before: the kill can lose them.
@@ -255,11 +260,147 @@ async fn a_killed_member_loses_no_acknowledged_span() {
     assert_acknowledged_stored(&store, &acked, false).await;
 }
 
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}: {status}");
+}
+
+/// VmRSS of `pid` in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib / 1024.0
+}
+
+/// Tempo stopped (SIGSTOP: its connections hang rather than fail, the harder
+/// case for an exporter) for 30 s while clients keep sending: every member
+/// stays up with its memory bounded by its queue, clients are told to retry
+/// once the queues are full, and when Tempo is back every acknowledged span
+/// is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tempo_stopped_for_30_s_under_load_loses_nothing_acknowledged() {
+    const OUTAGE: Duration = Duration::from_secs(30);
+    const QUEUE_SPANS: usize = 1000;
+    let mut store = Tempo::start().await.unwrap();
+    let queue = format!("exporters.traces.queue_spans={QUEUE_SPANS}");
+    let members = ring(
+        &store,
+        3,
+        &[
+            &queue,
+            "exporters.traces.timeout_ms=1000",
+            "exporters.traces.retry_max_backoff_ms=1000",
+        ],
+    )
+    .await;
+    let pids: Vec<u32> = members.iter().map(|m| m.process.id()).collect();
+    let before: Vec<f64> = pids.iter().map(|&p| rss_mib(p)).collect();
+
+    // Two clients, a trace of 20 spans every 50 ms each, each retried (for
+    // longer than the outage) until acknowledged.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for task in 0..2 {
+        let mut clients = Vec::new();
+        for m in &members {
+            clients.push(client(m).await);
+        }
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut acked, mut refusals) = (BTreeMap::new(), Vec::new());
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let trace = TestTrace::new("svc-outage", 19);
+                refusals.extend(
+                    send_until_acknowledged(&mut clients, task + i, trace.proto(), 2 * OUTAGE)
+                        .await,
+                );
+                let ids: BTreeSet<String> = trace.spans.iter().map(|s| hex(&s.0)).collect();
+                acked.insert(trace.trace_id(), ids);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (acked, refusals)
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tempo = store.process().id();
+    signal(tempo, "STOP");
+    let stopped = Instant::now();
+    let mut peak = before.clone();
+    let mut at_third = Vec::new();
+    while stopped.elapsed() < OUTAGE {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for (i, &pid) in pids.iter().enumerate() {
+            peak[i] = peak[i].max(rss_mib(pid));
+        }
+        if at_third.is_empty() && stopped.elapsed() >= OUTAGE / 3 {
+            at_third = peak.clone();
+        }
+    }
+    let queued = sum(
+        &members,
+        r#"vispyr_gateway_exporter_queue_spans{exporter="traces"}"#,
+    )
+    .await;
+    signal(tempo, "CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut acked, mut refusals) = (BTreeMap::new(), Vec::new());
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        acked.extend(a);
+        refusals.extend(r);
+    }
+    eprintln!(
+        "{} traces acknowledged; {} retryable refusals; {queued} spans queued at the end of the outage; \
+         VmRSS MiB before {before:.1?}, peak at a third of the outage {at_third:.1?}, peak {peak:.1?}",
+        acked.len(),
+        refusals.len(),
+    );
+    // The queues filled: the capacity is counted in whole requests.
+    assert!(
+        queued >= (3 * (QUEUE_SPANS - 20)) as f64,
+        "queues did not fill: {queued}"
+    );
+    assert!(
+        refusals.contains(&tonic::Code::ResourceExhausted),
+        "no client was told the queues are full: {refusals:?}"
+    );
+    for (i, member) in members.iter().enumerate() {
+        assert!(
+            member.metric(SENT).await >= 0.0,
+            "member {i} answers its metrics"
+        );
+        // Bounded: no growth once the queues are full (a third into the
+        // outage), and a modest total over the start.
+        assert!(
+            peak[i] - at_third[i] < 8.0 && peak[i] - before[i] < 64.0,
+            "member {i}: VmRSS {:.1} MiB before, {:.1} a third into the outage, {:.1} at its peak",
+            before[i],
+            at_third[i],
+            peak[i]
+        );
+    }
+    assert_acknowledged_stored(&store, &acked, false).await;
+}
+
 // Multi-threaded: the clients keep sending while this thread waits for the exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_stopped_with_sigterm_leaves_and_hands_nothing_off_twice() {
     let store = Tempo::start().await.unwrap();
-    let mut members = ring(&store, 3).await;
+    let mut members = ring(&store, 3, &[]).await;
     let mut leaving = members.pop().unwrap();
     let acked = send_while(&[&members[0], &members[1]], 160, 40, async || {
         assert!(leaving.metric(RECEIVED).await > 0.0);
