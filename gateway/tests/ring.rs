@@ -288,7 +288,7 @@ fn rss_mib(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tempo_stopped_for_30_s_under_load_loses_nothing_acknowledged() {
     const OUTAGE: Duration = Duration::from_secs(30);
-    const QUEUE_SPANS: usize = 1000;
+    const QUEUE_SPANS: usize = 400;
     let mut store = Tempo::start().await.unwrap();
     let queue = format!("exporters.traces.queue_spans={QUEUE_SPANS}");
     let members = ring(
@@ -296,6 +296,9 @@ async fn tempo_stopped_for_30_s_under_load_loses_nothing_acknowledged() {
         3,
         &[
             &queue,
+            // Forwards wait for their owner's export: give up on them sooner
+            // so that clients move on to the owner and fill its queue.
+            "ring.forward_timeout_ms=1000",
             "exporters.traces.timeout_ms=1000",
             "exporters.traces.retry_max_backoff_ms=1000",
         ],
@@ -304,11 +307,11 @@ async fn tempo_stopped_for_30_s_under_load_loses_nothing_acknowledged() {
     let pids: Vec<u32> = members.iter().map(|m| m.process.id()).collect();
     let before: Vec<f64> = pids.iter().map(|&p| rss_mib(p)).collect();
 
-    // Two clients, a trace of 20 spans every 50 ms each, each retried (for
+    // Eight clients, a trace of 20 spans every 50 ms each, each retried (for
     // longer than the outage) until acknowledged.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for task in 0..2 {
+    for task in 0..8 {
         let mut clients = Vec::new();
         for m in &members {
             clients.push(client(m).await);
@@ -337,22 +340,21 @@ async fn tempo_stopped_for_30_s_under_load_loses_nothing_acknowledged() {
     let tempo = store.process().id();
     signal(tempo, "STOP");
     let stopped = Instant::now();
-    let mut peak = before.clone();
+    let (mut peak, mut queued) = (before.clone(), vec![0.0; members.len()]);
     let mut at_third = Vec::new();
     while stopped.elapsed() < OUTAGE {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        for (i, &pid) in pids.iter().enumerate() {
-            peak[i] = peak[i].max(rss_mib(pid));
+        for (i, m) in members.iter().enumerate() {
+            peak[i] = peak[i].max(rss_mib(pids[i]));
+            let held = m
+                .metric(r#"vispyr_gateway_exporter_queue_spans{exporter="traces"}"#)
+                .await;
+            queued[i] = f64::max(queued[i], held);
         }
         if at_third.is_empty() && stopped.elapsed() >= OUTAGE / 3 {
             at_third = peak.clone();
         }
     }
-    let queued = sum(
-        &members,
-        r#"vispyr_gateway_exporter_queue_spans{exporter="traces"}"#,
-    )
-    .await;
     signal(tempo, "CONT");
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
@@ -364,15 +366,17 @@ async fn tempo_stopped_for_30_s_under_load_loses_nothing_acknowledged() {
         refusals.extend(r);
     }
     eprintln!(
-        "{} traces acknowledged; {} retryable refusals; {queued} spans queued at the end of the outage; \
+        "{} traces acknowledged; {} retryable refusals; most spans queued during the outage {queued:?}; \
          VmRSS MiB before {before:.1?}, peak at a third of the outage {at_third:.1?}, peak {peak:.1?}",
         acked.len(),
         refusals.len(),
     );
-    // The queues filled: the capacity is counted in whole requests.
+    // Queues filled (a request is queued whole or not at all; forwarded
+    // parts whose caller gave up leave again, so a member that owns fewer
+    // traces may stay just below its capacity).
     assert!(
-        queued >= (3 * (QUEUE_SPANS - 20)) as f64,
-        "queues did not fill: {queued}"
+        queued.iter().any(|&q| q >= (QUEUE_SPANS - 20) as f64),
+        "no queue filled: {queued:?}"
     );
     assert!(
         refusals.contains(&tonic::Code::ResourceExhausted),
