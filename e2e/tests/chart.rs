@@ -619,7 +619,7 @@ async fn every_dashboard_query_runs_in_the_real_backends() {
             "traces-to-profiles label {label} is not in Pyroscope"
         );
     }
-    let failures = without_data(&queries(&SUBJECT), &prometheus, &pyroscope, since, false).await;
+    let failures = without_data(&queries(&SUBJECT), &prometheus, &pyroscope, since).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -22,6 +22,9 @@ use tonic::{Code, Status};
 use crate::otlp::{Refusal, Signal, decode_protobuf};
 use crate::pipeline::Pipeline;
 
+/// The `transport` label of what arrives here.
+pub const TRANSPORT: &str = "grpc";
+
 pub struct OtlpGrpc<S> {
     pipeline: Arc<Pipeline>,
     max_request_bytes: usize,
@@ -127,7 +130,7 @@ fn tonic_refusals_as_otlp<S: Signal>(svc: &OtlpGrpc<S>, headers: &mut http::Head
     } else {
         return;
     };
-    let refusal = svc.pipeline.refused(S::NAME, "grpc", refusal);
+    let refusal = svc.pipeline.refused(S::NAME, TRANSPORT, refusal);
     let text = match &refusal {
         Refusal::TooLarge { .. } => format!("{refusal} ({message})"),
         _ => refusal.to_string(),
@@ -149,8 +152,8 @@ impl<S: Signal> UnaryService<Bytes> for Export<S> {
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
             let result = match decode_protobuf::<S>(request.into_inner()) {
-                Ok(decoded) => pipeline.accept::<S>(decoded, "grpc").await,
-                Err(refusal) => Err(pipeline.refused(S::NAME, "grpc", refusal)),
+                Ok(decoded) => pipeline.accept::<S>(decoded, TRANSPORT).await,
+                Err(refusal) => Err(pipeline.refused(S::NAME, TRANSPORT, refusal)),
             };
             result
                 .map(tonic::Response::new)

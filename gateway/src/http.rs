@@ -17,6 +17,9 @@ use prost::Message;
 use crate::otlp::{Logs, Metrics, Profiles, Refusal, RpcStatus, Signal, Traces, decode_protobuf};
 use crate::pipeline::Pipeline;
 
+/// The `transport` label of what arrives here.
+pub const TRANSPORT: &str = "http";
+
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
@@ -63,7 +66,7 @@ async fn export<S: Signal>(
     let format = match format(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)) {
         Ok(format) => format,
         Err(refusal) => {
-            let refusal = receiver.pipeline.refused(S::NAME, "http", refusal);
+            let refusal = receiver.pipeline.refused(S::NAME, TRANSPORT, refusal);
             return error(Format::Json, &refusal);
         }
     };
@@ -73,10 +76,10 @@ async fn export<S: Signal>(
         .map(HeaderValue::as_bytes);
     let result = match read_body(&headers, body, limit).await {
         Ok(raw) => match decode_http::<S>(format, encoding, &raw, limit) {
-            Ok(request) => receiver.pipeline.accept::<S>(request, "http").await,
-            Err(refusal) => Err(receiver.pipeline.refused(S::NAME, "http", refusal)),
+            Ok(request) => receiver.pipeline.accept::<S>(request, TRANSPORT).await,
+            Err(refusal) => Err(receiver.pipeline.refused(S::NAME, TRANSPORT, refusal)),
         },
-        Err(refusal) => Err(receiver.pipeline.refused(S::NAME, "http", refusal)),
+        Err(refusal) => Err(receiver.pipeline.refused(S::NAME, TRANSPORT, refusal)),
     };
     match result {
         Ok(response) => {

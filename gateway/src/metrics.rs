@@ -39,9 +39,18 @@ pub struct OwnerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ForwardErrorLabels {
-    /// `unreachable` (the peer left the ring), `refused` (its answer went to
-    /// the client), `unplaced` (no owner took the spans in time).
+    /// One of [`Self::REASONS`].
     pub reason: &'static str,
+}
+
+impl ForwardErrorLabels {
+    /// The peer left the ring.
+    pub const UNREACHABLE: &'static str = "unreachable";
+    /// Its answer went to the client.
+    pub const REFUSED: &'static str = "refused";
+    /// No owner took the spans in time.
+    pub const UNPLACED: &'static str = "unplaced";
+    pub const REASONS: [&'static str; 3] = [Self::UNREACHABLE, Self::REFUSED, Self::UNPLACED];
 }
 
 /// The hash ring's metrics, under `vispyr_gateway_ring_`.
@@ -187,6 +196,35 @@ impl Metrics {
         m.generator.register(r);
         m.converter.register(r);
         m.ring.register(r);
+        m.start_at_zero();
         m
+    }
+
+    /// Every series of the event counters at zero, so that a dashboard
+    /// reads "none refused" rather than no data before the first event.
+    fn start_at_zero(&self) {
+        for signal in crate::otlp::SIGNALS {
+            drop(
+                self.not_exported_items
+                    .get_or_create(&SignalLabels { signal }),
+            );
+            for transport in [crate::grpc::TRANSPORT, crate::http::TRANSPORT] {
+                for reason in crate::otlp::Refusal::REASONS {
+                    let labels = RefusedLabels {
+                        signal,
+                        transport,
+                        reason,
+                    };
+                    drop(self.refused_requests.get_or_create(&labels));
+                }
+            }
+        }
+        for reason in ForwardErrorLabels::REASONS {
+            drop(
+                self.ring
+                    .forward_errors
+                    .get_or_create(&ForwardErrorLabels { reason }),
+            );
+        }
     }
 }

@@ -21,6 +21,9 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use prost::Message;
 
 /// One OTLP signal as the receivers see it.
+/// Every `signal` label.
+pub const SIGNALS: [&str; 4] = [Traces::NAME, Metrics::NAME, Logs::NAME, Profiles::NAME];
+
 pub trait Signal: Send + Sync + 'static {
     /// `traces`, `metrics`, `logs`, `profiles`: the `signal` label.
     const NAME: &'static str;
@@ -269,6 +272,20 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every `reason` label, so that each count starts at zero.
+    pub const REASONS: [&'static str; 10] = [
+        "malformed",
+        "too_large",
+        "unsupported_media_type",
+        "unsupported_encoding",
+        "queue_full",
+        "over_capacity",
+        "draining",
+        "owner_refused",
+        "unplaced",
+        "not_exported",
+    ];
+
     /// The `reason` label.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -369,6 +386,39 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     use super::*;
+
+    #[test]
+    fn every_refusal_reason_is_listed_once() {
+        let every = [
+            Refusal::Malformed(String::new()),
+            Refusal::TooLarge {
+                size: None,
+                limit: 1,
+            },
+            Refusal::UnsupportedMediaType(String::new()),
+            Refusal::UnsupportedEncoding(String::new()),
+            Refusal::QueueFull {
+                queued: 1,
+                capacity: 1,
+                retry_after: Duration::from_secs(1),
+            },
+            Refusal::OverCapacity {
+                spans: 2,
+                capacity: 1,
+            },
+            Refusal::Draining,
+            Refusal::OwnerRefused {
+                member: String::new(),
+                code: tonic::Code::Unavailable,
+                message: String::new(),
+                retry_after: None,
+            },
+            Refusal::Unplaced(Duration::from_secs(1)),
+            Refusal::NotExported,
+        ];
+        let reasons: Vec<&str> = every.iter().map(Refusal::reason).collect();
+        assert_eq!(reasons, Refusal::REASONS);
+    }
 
     #[test]
     fn otlp_json_ids_are_hex_and_enums_ints() {

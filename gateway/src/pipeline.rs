@@ -191,11 +191,11 @@ impl Pipeline {
                 match result {
                     Ok(()) => self.routed("remote", spans),
                     Err(ForwardError::Unreachable { .. }) => {
-                        self.forward_error("unreachable");
+                        self.forward_error(ForwardErrorLabels::UNREACHABLE);
                         pending.push(part);
                     }
                     Err(ForwardError::Refused { peer, status }) => {
-                        self.forward_error("refused");
+                        self.forward_error(ForwardErrorLabels::REFUSED);
                         tracing::debug!(peer = %peer, code = ?status.code(), message = status.message(), "owner refused spans");
                         refusal.get_or_insert(Refusal::owner_refused(&peer, &status));
                     }
@@ -209,7 +209,7 @@ impl Pipeline {
             }
             let now = Instant::now();
             if now >= deadline {
-                self.forward_error("unplaced");
+                self.forward_error(ForwardErrorLabels::UNPLACED);
                 return Err(Refusal::Unplaced(timeout));
             }
             // The unreachable owner is out of the view by now, unless the

@@ -172,22 +172,6 @@ impl PrometheusApi {
         let resp = json(&what, send(&what, self.http.get(url)).await?).await?;
         parse_query_response(&resp).map_err(|m| Error::backend(&what, m))
     }
-
-    /// Whether Prometheus has metadata of the metric family `family` (the
-    /// name without `_total`, `_bucket`, ...): a target it scrapes exposes
-    /// it, even if no sample of it has been recorded yet.
-    pub async fn has_metadata(&self, family: &str) -> Result<bool, Error> {
-        let what = format!("prometheus metadata of {family}");
-        let url = reqwest::Url::parse_with_params(
-            &format!("{}/api/v1/metadata", self.url),
-            &[("metric", family)],
-        )
-        .map_err(|e| Error::backend(&what, e.to_string()))?;
-        let resp = json(&what, send(&what, self.http.get(url)).await?).await?;
-        Ok(resp["data"][family]
-            .as_array()
-            .is_some_and(|entries| !entries.is_empty()))
-    }
 }
 
 #[derive(Clone, PartialEq, Message)]

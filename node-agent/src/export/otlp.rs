@@ -128,6 +128,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    const ALL: [DropReason; 4] = [
+        DropReason::BufferFull,
+        DropReason::Rejected,
+        DropReason::RetriesExhausted,
+        DropReason::Shutdown,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             DropReason::BufferFull => "buffer_full",
@@ -173,6 +180,16 @@ impl Metrics {
             m.buffered_bytes.clone(),
         );
         m
+    }
+
+    /// Every series of `signal` at zero, so that a dashboard reads "none
+    /// dropped" rather than no data before the first drop.
+    fn start_at_zero(&self, signal: &Signal) {
+        drop(self.sent.get_or_create(&labels(signal)));
+        drop(self.retried.get_or_create(&labels(signal)));
+        for reason in DropReason::ALL {
+            drop(self.dropped.get_or_create(&drop_labels(signal, reason)));
+        }
     }
 
     pub fn sent(&self, signal: &Signal) -> u64 {
@@ -335,6 +352,7 @@ impl Exporter {
                 "expected http://host:port (plaintext OTLP/gRPC)".to_owned(),
             ));
         }
+        metrics.start_at_zero(&signal);
         let channel = Endpoint::from(uri)
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
