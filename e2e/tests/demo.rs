@@ -24,8 +24,6 @@ const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
 const INIT_CONTAINER: &str = "vispyr-instrumentation-nodejs";
 
 #[tokio::test]
-#[ignore = "2-4 min on a 2-core machine and new: kept out of make test until \
-            it has a record of passing; run with --ignored"]
 async fn helm_install_instruments_the_demo_app_and_uninstall_leaves_nothing() {
     let started = Instant::now();
     let cluster = NodeCluster::start().await.expect("node cluster comes up");
