@@ -23,8 +23,8 @@
 //! on it), then open loop at fixed rates, the same for both and for the bare
 //! sink (the baseline of latency), then at twice each system's sustained
 //! rate (memory). Before that last phase, the span metrics in Prometheus
-//! must sum to exactly the spans each system acknowledged, and the sinks
-//! must hold them all, so neither wins by dropping work.
+//! must sum to exactly the spans in each system's sink, and the sink must
+//! hold every span the system acknowledged, so neither wins by dropping work.
 //!
 //! A missed target prints `MISS`; the exit status is non-zero only when the
 //! benchmark could not run. Loopback only; it ends by itself.
@@ -122,7 +122,6 @@ async fn run() {
         "  bare sink: {:.0} spans/s (what the load generator can send)",
         baseline_closed.rate
     );
-    // Vispyr, Collector, Collector with gzip: each round's run.
     // Per concurrency, per system (Vispyr, Collector, Collector with
     // gzip): each round's run.
     let mut closed: Vec<[Vec<Closed>; 3]> =
