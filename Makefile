@@ -15,10 +15,12 @@ export CARGO_INCREMENTAL ?= 0
 endif
 # The upstream tools the harness runs: directories of e2e/tools/.
 TOOLS := etcd kubernetes kube-proxy coredns prometheus tempo pyroscope helm node_exporter
+# Only `make bench` needs these (the gateway benchmark's baseline, a long build).
+BENCH_TOOLS := otelcol
 
 NODEJS := instrumentation/nodejs
 
-.PHONY: help deps tools images build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden chart-golden bench fuzz fuzz-deps demo demo-down fmt lint clean-tools
+.PHONY: help deps tools bench-tools images build test test-rust test-nodejs test-unit nodejs-deps nodejs-payload crds golden chart-golden bench fuzz fuzz-deps demo demo-down fmt lint clean-tools
 
 help:
 	@echo "make demo   bring up Vispyr on a one-node cluster on this machine with a demo Node.js app (root; make demo-down stops it)"
@@ -37,6 +39,9 @@ deps:
 
 tools: deps
 	@e2e/tools/build.sh $(TOOLS)
+
+bench-tools: deps
+	@e2e/tools/build.sh $(BENCH_TOOLS)
 
 # Container images (OCI layouts, no Docker, no registry) into $(CACHE)/images;
 # e.g. `make images IMAGES="pause hello"`. See e2e/images/build.sh.
@@ -89,9 +94,10 @@ chart-golden: tools
 
 # Benchmarks, each against a baseline run side by side in the same run.
 # Results: docs/benchmarks.md.
-bench: tools nodejs-deps
+bench: tools bench-tools nodejs-deps
 	cargo bench --locked -p vispyr-operator --bench admission
 	cargo bench --locked -p vispyr-node-agent --bench overhead
+	cargo bench --locked -p vispyr-gateway --bench ring_vs_collector
 	cd $(NODEJS) && npm run bench
 
 # Fuzzing the gateway's receivers (gateway/fuzz) with libFuzzer, each target

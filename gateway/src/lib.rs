@@ -203,8 +203,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
             .add_service(grpc::OtlpGrpc::<otlp::Profiles>::new(pipeline.clone(), max));
         tokio::spawn(async move {
             server
+                // Without TCP_NODELAY a small answer can wait for the
+                // client's delayed ACK (~40 ms on Linux): the bench's p99.
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc_listener),
+                    tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true)),
                     stop.cancelled_owned(),
                 )
                 .await

@@ -93,6 +93,15 @@ pub const MEMBERS: &str = "vispyr_gateway_ring_members";
 /// `n` gateways in one ring (static peers on loopback) that all see each
 /// other; `sets` go to every member.
 pub async fn ring(n: usize, sets: &[String]) -> Vec<Gateway> {
+    ring_with_env(n, sets, &[]).await
+}
+
+/// Like [`ring`], with extra environment variables for every member.
+pub async fn ring_with_env(
+    n: usize,
+    sets: &[String],
+    env: &[(&str, &std::path::Path)],
+) -> Vec<Gateway> {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     let mut members = Vec::new();
@@ -103,7 +112,7 @@ pub async fn ring(n: usize, sets: &[String]) -> Vec<Gateway> {
             "ring.probe_interval_ms=100".into(),
         ];
         all.extend_from_slice(sets);
-        members.push(Gateway::start(&all).await);
+        members.push(Gateway::start_with_env(&all, env).await);
     }
     for m in &members {
         wait_members(m, n).await;
