@@ -53,7 +53,8 @@ build: deps
 
 test: test-rust test-nodejs
 
-test-rust: tools lint
+# nodejs-payload: the end-to-end test packs it into the instrumentation image.
+test-rust: tools lint nodejs-payload
 	cargo test --workspace --locked --no-fail-fast
 
 # The Node.js preload, against apps started in child processes; then the same
