@@ -20,7 +20,7 @@ use blazesym::symbolize::source::{Elf, Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer, evict};
 
 use super::cache::Cache;
-use super::process::{FileKey, Mapping};
+use super::process::{self, FileKey, Mapping};
 use crate::stack::{Frame, FrameKind};
 
 /// The function at an address, preceded by the functions inlined into it
@@ -107,6 +107,9 @@ impl Native {
     /// Names every queued address (a [`Native::get`] of it now answers).
     pub fn resolve(&mut self) -> Resolved {
         let mut resolved = Resolved::default();
+        if self.pending.is_empty() {
+            return resolved;
+        }
         let pending: Vec<(FileKey, Pending)> = self.pending.drain().collect();
         for (key, mut pending) in pending {
             pending.offsets.sort_unstable();
@@ -134,6 +137,7 @@ impl Native {
                 self.names.insert((key, offset), named);
             }
         }
+        release_file_pages();
         resolved
     }
 
@@ -229,6 +233,41 @@ fn frames(result: Symbolized<'_>, file: &Arc<str>) -> Named {
             Some(frames)
         }
         Symbolized::Unknown(_) => None,
+    }
+}
+
+/// Drops the agent's resident pages of the binaries blazesym has mapped, and
+/// returns the heap memory parsing freed to the kernel. blazesym maps files
+/// shared and read-only, which the dynamic loader never does, so those
+/// mappings are its. The next drain that reads a binary faults its pages
+/// back in from the page cache, where they stay: until then they are not the
+/// agent's RSS.
+fn release_file_pages() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines().filter_map(process::parse_line) {
+        if line.perms != "r--s" || !line.path.is_some_and(|p| p.starts_with('/')) {
+            continue;
+        }
+        // SAFETY: a read-only shared file mapping: dropping its pages
+        // changes no byte anyone reads from it (they come back from the
+        // file), and nothing written is lost.
+        unsafe {
+            libc::madvise(
+                line.start as *mut libc::c_void,
+                (line.end - line.start) as usize,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+    // Parsing a binary allocates and frees a lot (symbol tables, inflated
+    // debug sections); glibc keeps freed memory for reuse, in every thread's
+    // arena, unless told.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -147,7 +147,7 @@ impl Maps {
             let Some(entry) = parse_line(line) else {
                 continue;
             };
-            if !entry.executable {
+            if !entry.executable() {
                 continue;
             }
             let path = match entry.path {
@@ -214,17 +214,24 @@ impl Maps {
     }
 }
 
-struct Line<'a> {
-    start: u64,
-    end: u64,
-    executable: bool,
+pub(super) struct Line<'a> {
+    pub start: u64,
+    pub end: u64,
+    /// `r-xp`: read, write, execute, private or shared.
+    pub perms: &'a str,
     offset: u64,
     inode: u64,
-    path: Option<&'a str>,
+    pub path: Option<&'a str>,
+}
+
+impl Line<'_> {
+    pub fn executable(&self) -> bool {
+        self.perms.as_bytes().get(2) == Some(&b'x')
+    }
 }
 
 /// `7f1c2a000000-7f1c2a1b6000 r-xp 00028000 fe:01 1835 /usr/lib/libc.so.6`
-fn parse_line(line: &str) -> Option<Line<'_>> {
+pub(super) fn parse_line(line: &str) -> Option<Line<'_>> {
     let mut fields = line.splitn(6, ' ');
     let (start, end) = fields.next()?.split_once('-')?;
     let perms = fields.next()?;
@@ -235,7 +242,7 @@ fn parse_line(line: &str) -> Option<Line<'_>> {
     Some(Line {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
-        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        perms,
         offset: u64::from_str_radix(offset, 16).ok()?,
         inode: inode.parse().ok()?,
         path,
