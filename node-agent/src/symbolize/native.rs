@@ -36,6 +36,11 @@ const CACHE_ENTRIES: usize = 64 * 1024;
 /// symbols, inflating compressed debug sections), so a binary that keeps
 /// running new code stays open; one whose hot code is all cached goes.
 const KEEP_FILE_DRAINS: u64 = 10;
+/// The agent's resident file pages (its own code included, about 10 MiB)
+/// above which the pages of the binaries blazesym read are dropped. Each
+/// release costs unmapping them, and the next reads fault them back in, so
+/// it is done only when they add up.
+const FILE_RSS_BUDGET: u64 = 24 << 20;
 
 pub struct Native {
     names: Cache<(FileKey, u64), Named>,
@@ -46,6 +51,8 @@ pub struct Native {
     /// The binaries blazesym holds: by the path it last opened each
     /// through, and the drain that last read it.
     open: HashMap<FileKey, (Vec<PathBuf>, u64)>,
+    /// Whether blazesym read binaries since their pages were last released.
+    unreleased: bool,
     generation: u64,
 }
 
@@ -70,6 +77,7 @@ impl Native {
             pending: HashMap::new(),
             symbolizer: symbolizer(),
             open: HashMap::new(),
+            unreleased: false,
             generation: 0,
         }
     }
@@ -137,7 +145,7 @@ impl Native {
                 self.names.insert((key, offset), named);
             }
         }
-        release_file_pages();
+        self.unreleased = true;
         resolved
     }
 
@@ -145,9 +153,14 @@ impl Native {
     /// many, and binaries no drain needed for a while are let go of.
     pub fn next_generation(&mut self) {
         self.generation += 1;
+        if self.unreleased && file_rss().is_some_and(|rss| rss > FILE_RSS_BUDGET) {
+            release_file_pages();
+            self.unreleased = false;
+        }
         self.names.next_generation();
         let horizon = self.generation.saturating_sub(KEEP_FILE_DRAINS);
         let symbolizer = &mut self.symbolizer;
+        let open = self.open.len();
         self.open.retain(|_, (paths, last_used)| {
             if *last_used >= horizon {
                 return true;
@@ -159,6 +172,9 @@ impl Native {
             }
             false
         });
+        if self.open.len() < open {
+            trim_heap();
+        }
     }
 
     /// Names the offsets of one pending binary.
@@ -212,6 +228,12 @@ impl Native {
     }
 }
 
+impl Default for Native {
+    fn default() -> Self {
+        Native::new()
+    }
+}
+
 /// The frames of one blazesym result for an address in `file`.
 fn frames(result: Symbolized<'_>, file: &Arc<str>) -> Named {
     match result {
@@ -236,8 +258,8 @@ fn frames(result: Symbolized<'_>, file: &Arc<str>) -> Named {
     }
 }
 
-/// Drops the agent's resident pages of the binaries blazesym has mapped, and
-/// returns the heap memory parsing freed to the kernel. blazesym maps files
+/// Drops the agent's resident pages of the binaries blazesym has mapped.
+/// blazesym maps files
 /// shared and read-only, which the dynamic loader never does, so those
 /// mappings are its. The next drain that reads a binary faults its pages
 /// back in from the page cache, where they stay: until then they are not the
@@ -261,14 +283,27 @@ fn release_file_pages() {
             );
         }
     }
-    // Parsing a binary allocates and frees a lot (symbol tables, inflated
-    // debug sections); glibc keeps freed memory for reuse, in every thread's
-    // arena, unless told.
+}
+
+/// Returns to the kernel the heap memory of the binaries blazesym let go
+/// of (symbol tables, inflated debug sections): glibc keeps freed memory
+/// for reuse, in every thread's arena, unless told.
+fn trim_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions.
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// The agent's resident file-backed (and shared) memory, in bytes: the third
+/// field of `/proc/self/statm`, in pages.
+fn file_rss() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(2)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page_size).ok()?)
 }
 
 fn symbolizer() -> Symbolizer {
