@@ -51,8 +51,6 @@ pub struct Native {
     /// The binaries blazesym holds: by the path it last opened each
     /// through, and the drain that last read it.
     open: HashMap<FileKey, (Vec<PathBuf>, u64)>,
-    /// Whether blazesym read binaries since their pages were last released.
-    unreleased: bool,
     generation: u64,
 }
 
@@ -77,7 +75,6 @@ impl Native {
             pending: HashMap::new(),
             symbolizer: symbolizer(),
             open: HashMap::new(),
-            unreleased: false,
             generation: 0,
         }
     }
@@ -145,7 +142,11 @@ impl Native {
                 self.names.insert((key, offset), named);
             }
         }
-        self.unreleased = true;
+        // Right away, not at the next drain: until then they would be RSS
+        // for nothing.
+        if file_rss().is_some_and(|rss| rss > FILE_RSS_BUDGET) {
+            release_file_pages();
+        }
         resolved
     }
 
@@ -153,10 +154,6 @@ impl Native {
     /// many, and binaries no drain needed for a while are let go of.
     pub fn next_generation(&mut self) {
         self.generation += 1;
-        if self.unreleased && file_rss().is_some_and(|rss| rss > FILE_RSS_BUDGET) {
-            release_file_pages();
-            self.unreleased = false;
-        }
         self.names.next_generation();
         let horizon = self.generation.saturating_sub(KEEP_FILE_DRAINS);
         let symbolizer = &mut self.symbolizer;
