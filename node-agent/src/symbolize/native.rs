@@ -50,7 +50,7 @@ pub struct Native {
     symbolizer: Symbolizer,
     /// The binaries blazesym holds: by the path it last opened each
     /// through, and the drain that last read it.
-    open: HashMap<FileKey, (Vec<PathBuf>, u64)>,
+    open: HashMap<FileKey, (PathBuf, u64)>,
     generation: u64,
 }
 
@@ -158,14 +158,12 @@ impl Native {
         let horizon = self.generation.saturating_sub(KEEP_FILE_DRAINS);
         let symbolizer = &mut self.symbolizer;
         let open = self.open.len();
-        self.open.retain(|_, (paths, last_used)| {
+        self.open.retain(|_, (path, last_used)| {
             if *last_used >= horizon {
                 return true;
             }
-            for path in paths.drain(..) {
-                if let Err(err) = symbolizer.evict(&evict::Elf::new(path).into()) {
-                    tracing::debug!(%err, "cannot release a binary");
-                }
+            if let Err(err) = symbolizer.evict(&evict::Elf::new(path.as_path()).into()) {
+                tracing::debug!(%err, "cannot release a binary");
             }
             false
         });
@@ -190,15 +188,14 @@ impl Native {
                     &Source::Elf(Elf::new(path.clone())),
                     Input::FileOffset(&pending.offsets),
                 )?);
-                let (paths, last_used) = self.open.entry(key).or_default();
-                *last_used = self.generation;
-                if !paths.contains(&path) {
-                    // The new path holds the parsed binary now; the older
-                    // ones, often of exited processes, are let go of.
-                    for old in paths.drain(..) {
+                let generation = self.generation;
+                match self.open.insert(key, (path.clone(), generation)) {
+                    // The new path holds the parsed binary now; the old one,
+                    // often of an exited process, is let go of.
+                    Some((old, _)) if old != path => {
                         let _ = self.symbolizer.evict(&evict::Elf::new(old).into());
                     }
-                    paths.push(path);
+                    _ => {}
                 }
                 Ok(names)
             }
