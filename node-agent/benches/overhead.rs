@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use vispyr_e2e::Pyroscope;
 use vispyr_e2e::process::{Process, free_port};
 
+/// The agent measured, unless `NODE_AGENT` names another build of it (to
+/// compare two versions on the same machine).
 const AGENT: &str = env!("CARGO_BIN_EXE_vispyr-node-agent");
 const WORKLOAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/workload.js");
 /// What the webhook adds to NODE_OPTIONS so that V8 writes its perf map.
@@ -316,7 +318,9 @@ struct Agent {
 impl Agent {
     async fn start(http: &reqwest::Client, endpoint: &str, dir: &Path, n: usize) -> Self {
         let port = free_port();
-        let mut cmd = Command::new(AGENT);
+        let agent =
+            std::env::var_os("NODE_AGENT").map_or_else(|| PathBuf::from(AGENT), PathBuf::from);
+        let mut cmd = Command::new(agent);
         cmd.args(["--set", &format!("admin_addr=127.0.0.1:{port}")])
             .args(["--set", &format!("exporter.endpoint={endpoint}")])
             .args(["--set", &format!("profiling.frequency_hz={FREQUENCY_HZ}")])

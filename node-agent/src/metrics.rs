@@ -30,6 +30,8 @@ pub struct ProfilerMetrics {
     pub symbol_lookups: Family<StackLabels, Counter>,
     pub symbol_misses: Family<StackLabels, Counter>,
     pub processes_unreadable: Counter,
+    pub native_resolved: Counter,
+    pub native_files: Counter,
     pub batches_dropped: Counter,
 }
 
@@ -46,6 +48,8 @@ impl ProfilerMetrics {
             symbol_lookups: Family::default(),
             symbol_misses: Family::default(),
             processes_unreadable: Counter::default(),
+            native_resolved: Counter::default(),
+            native_files: Counter::default(),
             batches_dropped: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("vispyr_node_agent_profiler");
@@ -95,6 +99,16 @@ impl ProfilerMetrics {
             m.processes_unreadable.clone(),
         );
         r.register(
+            "native_symbols_resolved",
+            "Native addresses named from the binaries: not cached from an earlier drain",
+            m.native_resolved.clone(),
+        );
+        r.register(
+            "native_files_read",
+            "Binaries opened to name native addresses, counted once per drain",
+            m.native_files.clone(),
+        );
+        r.register(
             "batches_dropped",
             "Batches dropped because the exporter's queue was full",
             m.batches_dropped.clone(),
@@ -128,5 +142,7 @@ impl ProfilerMetrics {
             .get_or_create(&KERNEL)
             .inc_by(s.kernel_misses);
         self.processes_unreadable.inc_by(s.processes_unreadable);
+        self.native_resolved.inc_by(s.native_resolved);
+        self.native_files.inc_by(s.native_files);
     }
 }

@@ -59,6 +59,9 @@ impl Kallsyms {
             k.symbols.push((addr, offset, name.len() as u16, module));
         }
         k.symbols.sort_by_key(|s| s.0);
+        // Grown by doubling: up to half of each would be slack for good.
+        k.symbols.shrink_to_fit();
+        k.names.shrink_to_fit();
         k
     }
 

@@ -2,7 +2,8 @@
 //! per JIT-compiled function, appended as the process compiles code. Read
 //! through `/proc/<pid>/root` so a container's `/tmp` is the one seen, and
 //! named with the pid inside the container's pid namespace. Cached per
-//! process; only the bytes appended since the last read are parsed.
+//! process, with the file kept open: a drain checks its size, and parses
+//! only the bytes appended since the last read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -11,6 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use super::js;
+use super::process::gone;
 use crate::stack::Frame;
 
 /// Drains a process may go unsampled before its map is forgotten.
@@ -18,13 +20,21 @@ const KEEP_UNUSED_DRAINS: u64 = 6;
 
 #[derive(Default)]
 pub struct PerfMaps {
-    maps: HashMap<u32, PerfMap>,
+    maps: HashMap<u32, Entry>,
     generation: u64,
 }
 
+struct Entry {
+    /// Where the map is or would be; read from `/proc/<pid>/status` once.
+    path: PathBuf,
+    /// `None` while the process has no map (not Node.js with the flags,
+    /// or not yet written).
+    map: Option<PerfMap>,
+    last_used: u64,
+}
+
 struct PerfMap {
-    /// (device, inode): a new file means a new process that reused the pid.
-    identity: (u64, u64),
+    file: File,
     read_len: u64,
     /// An incomplete last line, finished by the next read.
     partial: Vec<u8>,
@@ -33,7 +43,6 @@ struct PerfMap {
     entries: BTreeMap<u64, (u64, Box<str>)>,
     /// Frames built so far, by entry start.
     frames: HashMap<u64, Frame>,
-    last_used: u64,
 }
 
 impl PerfMaps {
@@ -42,6 +51,11 @@ impl PerfMaps {
         self.generation += 1;
         let horizon = self.generation.saturating_sub(KEEP_UNUSED_DRAINS);
         self.maps.retain(|_, m| m.last_used >= horizon);
+    }
+
+    /// Drops what is known of `pid`'s map: it runs another program now.
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.remove(&pid);
     }
 
     /// Brings the map of `pid` up to date; false when it has none (not a
@@ -58,33 +72,43 @@ impl PerfMaps {
     }
 
     fn try_refresh(&mut self, pid: u32) -> io::Result<bool> {
-        let Some(path) = path(pid)? else {
-            // Gone since it was sampled: what was read while it lived still
-            // names its last samples (and is forgotten with the generation).
-            return Ok(self.maps.contains_key(&pid));
+        let entry = match self.maps.entry(pid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => match path(pid)? {
+                Some(path) => e.insert(Entry {
+                    path,
+                    map: None,
+                    last_used: 0,
+                }),
+                None => return Ok(false),
+            },
         };
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.maps.remove(&pid);
-                return Ok(false);
+        entry.last_used = self.generation;
+        if entry.map.is_none() {
+            match File::open(&entry.path) {
+                Ok(file) => entry.map = Some(PerfMap::new(file)),
+                Err(e) if gone(&e) => return Ok(false),
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        };
-        let meta = file.metadata()?;
-        let identity = (meta.dev(), meta.ino());
-        let map = self
-            .maps
-            .entry(pid)
-            .or_insert_with(|| PerfMap::new(identity));
-        if map.identity != identity || meta.len() < map.read_len {
-            *map = PerfMap::new(identity);
         }
-        map.last_used = self.generation;
+        let Some(map) = &mut entry.map else {
+            return Ok(false);
+        };
+        let meta = map.file.metadata()?;
+        if meta.nlink() == 0 {
+            // Deleted: whoever writes a map at this path now is another
+            // process, or the same one starting over.
+            entry.map = None;
+            return Ok(false);
+        }
+        if meta.len() < map.read_len {
+            // Truncated: written afresh.
+            map.clear();
+        }
         if meta.len() > map.read_len {
-            file.seek(SeekFrom::Start(map.read_len))?;
+            map.file.seek(SeekFrom::Start(map.read_len))?;
             let mut appended = Vec::with_capacity((meta.len() - map.read_len) as usize);
-            file.read_to_end(&mut appended)?;
+            map.file.read_to_end(&mut appended)?;
             map.read_len += appended.len() as u64;
             map.append(&appended);
         }
@@ -93,7 +117,7 @@ impl PerfMaps {
 
     /// The JavaScript frame at `addr` of `pid`, if its map has one.
     pub fn lookup(&mut self, pid: u32, addr: u64) -> Option<Frame> {
-        let map = self.maps.get_mut(&pid)?;
+        let map = self.maps.get_mut(&pid)?.map.as_mut()?;
         let (&start, (end, symbol)) = map.entries.range(..=addr).next_back()?;
         if addr >= *end {
             return None;
@@ -108,15 +132,21 @@ impl PerfMaps {
 }
 
 impl PerfMap {
-    fn new(identity: (u64, u64)) -> Self {
+    fn new(file: File) -> Self {
         PerfMap {
-            identity,
+            file,
             read_len: 0,
             partial: Vec::new(),
             entries: BTreeMap::new(),
             frames: HashMap::new(),
-            last_used: 0,
         }
+    }
+
+    fn clear(&mut self) {
+        self.read_len = 0;
+        self.partial.clear();
+        self.entries.clear();
+        self.frames.clear();
     }
 
     fn append(&mut self, bytes: &[u8]) {
@@ -195,15 +225,25 @@ mod tests {
         assert_eq!(parse_line("10 10"), None);
     }
 
+    /// A map already read, of a file that stays as it is.
+    fn entry(map: PerfMap) -> Entry {
+        Entry {
+            path: PathBuf::new(),
+            map: Some(map),
+            last_used: 0,
+        }
+    }
+
     #[test]
     fn appends_across_partial_lines_and_later_entries_win() {
-        let mut map = PerfMap::new((0, 0));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut map = PerfMap::new(file.reopen().unwrap());
         map.append(b"100 10 JS:~old /a.js:1:1\n200 1");
         assert_eq!(map.entries.len(), 1);
         map.append(b"0 JS:*second /a.js:2:1\n100 8 JS:*new /a.js:3:1\n");
         assert_eq!(map.entries.len(), 2);
         let mut maps = PerfMaps::default();
-        maps.maps.insert(1, map);
+        maps.maps.insert(1, entry(map));
         assert_eq!(&*maps.lookup(1, 0x105).unwrap().function, "new");
         assert!(
             maps.lookup(1, 0x108).is_none(),
@@ -221,9 +261,10 @@ mod tests {
         let pid = u32::MAX - 1;
         let mut maps = PerfMaps::default();
         assert!(!maps.refresh(pid));
-        let mut map = PerfMap::new((0, 0));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut map = PerfMap::new(file.reopen().unwrap());
         map.append(b"100 10 JS:*last /a.js:1:1\n");
-        maps.maps.insert(pid, map);
+        maps.maps.insert(pid, entry(map));
         assert!(maps.refresh(pid));
         assert_eq!(&*maps.lookup(pid, 0x101).unwrap().function, "last");
         for _ in 0..=KEEP_UNUSED_DRAINS {
@@ -233,13 +274,14 @@ mod tests {
     }
 
     #[test]
-    fn reads_only_what_was_appended() {
+    fn reads_only_what_was_appended_and_starts_over_when_rewritten() {
         // Our own pid: the map path resolves through /proc/self's root.
         let pid = std::process::id();
         let path = path(pid).unwrap().unwrap();
-        std::fs::write(&path, "1000 10 JS:*first /a.js:1:1\n").unwrap();
         let mut maps = PerfMaps::default();
-        assert!(maps.refresh(pid));
+        assert!(!maps.refresh(pid), "no map yet");
+        std::fs::write(&path, "1000 10 JS:*first /a.js:1:1\n").unwrap();
+        assert!(maps.refresh(pid), "a map written since is found");
         assert_eq!(&*maps.lookup(pid, 0x1001).unwrap().function, "first");
         let mut file = std::fs::OpenOptions::new()
             .append(true)
@@ -247,13 +289,31 @@ mod tests {
             .unwrap();
         std::io::Write::write_all(&mut file, b"2000 10 JS:*second /a.js:2:1\n").unwrap();
         assert!(maps.refresh(pid));
-        assert_eq!(
-            maps.maps[&pid].read_len,
-            std::fs::metadata(&path).unwrap().len()
-        );
+        let read_len = maps.maps[&pid].map.as_ref().unwrap().read_len;
+        assert_eq!(read_len, std::fs::metadata(&path).unwrap().len());
         assert_eq!(&*maps.lookup(pid, 0x2001).unwrap().function, "second");
+
+        // Truncated and written again (V8 opens it with "w"): read afresh.
+        std::fs::write(&path, "3000 10 JS:*third /a.js:3:1\n").unwrap();
+        assert!(maps.refresh(pid));
+        assert_eq!(&*maps.lookup(pid, 0x3001).unwrap().function, "third");
+        assert!(
+            maps.lookup(pid, 0x1001).is_none(),
+            "the old entries are gone"
+        );
+
+        // Deleted and written anew: the new file is read.
         std::fs::remove_file(&path).unwrap();
         assert!(!maps.refresh(pid));
-        assert!(maps.lookup(pid, 0x1001).is_none());
+        assert!(maps.lookup(pid, 0x3001).is_none());
+        std::fs::write(&path, "4000 10 JS:*fourth /a.js:4:1\n").unwrap();
+        assert!(maps.refresh(pid));
+        assert_eq!(&*maps.lookup(pid, 0x4001).unwrap().function, "fourth");
+
+        // Forgotten (the pid runs another program): nothing is left.
+        maps.forget(pid);
+        assert!(maps.lookup(pid, 0x4001).is_none());
+        std::fs::remove_file(&path).unwrap();
+        assert!(!maps.refresh(pid));
     }
 }
