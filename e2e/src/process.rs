@@ -132,6 +132,32 @@ pub(crate) fn log_tail(path: &Path) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// CPU time a process has used (user + system, all its threads), from
+/// `/proc/<pid>/stat`; panics if the process is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // Fields after the command name, which may contain spaces: state is
+    // field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let field = |n: usize| -> u64 { fields[n - 3].parse().expect("a number of ticks") };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (field(14) + field(15)) as f64 / hz
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, ...) in bytes;
+/// `None` once the process is gone or without that line.
+pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
 /// A port on 127.0.0.1 that was free a moment ago. The tools we start take a
 /// port number, not a listening socket, so the small race is unavoidable.
 pub fn free_port() -> u16 {
@@ -196,5 +222,23 @@ impl Spawner {
             .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
         rx.recv()
             .map_err(|_| std::io::Error::other("spawner thread is gone"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_readers_read_this_process() {
+        let me = std::process::id();
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {}
+        assert!(cpu_seconds(me) > 0.0);
+        let rss = status_bytes(me, "VmRSS").expect("VmRSS");
+        assert!(rss > 1 << 20, "{rss}");
+        // A key is a whole name: "Rss" is not "RssAnon".
+        assert_eq!(status_bytes(me, "Rss"), None);
+        assert_eq!(status_bytes(u32::MAX, "VmRSS"), None);
     }
 }

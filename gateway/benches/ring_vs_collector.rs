@@ -52,7 +52,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use tonic::transport::Channel;
-use vispyr_e2e::process::{Process, free_port};
+use vispyr_e2e::process::{Process, cpu_seconds, free_port, status_bytes};
 use vispyr_e2e::{Prometheus, eventually, tool};
 
 const TRACES_PER_REQUEST: u64 = 20;
@@ -546,14 +546,14 @@ impl System {
         let (ok_before, sink_before, cpu_before, at) = (
             ok.load(Ordering::Relaxed),
             self.sink_spans.load(Ordering::Relaxed),
-            self.cpu_ticks(),
+            self.cpu_seconds(),
             Instant::now(),
         );
         tokio::time::sleep(WINDOW).await;
         let (spans, exported, cpu) = (
             ok.load(Ordering::Relaxed) - ok_before,
             self.sink_spans.load(Ordering::Relaxed) - sink_before,
-            self.cpu_ticks() - cpu_before,
+            self.cpu_seconds() - cpu_before,
         );
         let wall = at.elapsed().as_secs_f64();
         for w in workers {
@@ -561,7 +561,7 @@ impl System {
         }
         self.acknowledged
             .fetch_add(ok.load(Ordering::Relaxed), Ordering::Relaxed);
-        let cpu_seconds = (cpu as f64 / clock_ticks_per_second()).max(f64::EPSILON);
+        let cpu_seconds = cpu.max(f64::EPSILON);
         Closed {
             rate: spans as f64 / wall,
             exported_rate: exported as f64 / wall,
@@ -586,7 +586,7 @@ impl System {
         let mut not_sent = 0;
         let mut peak_rss: BTreeMap<u32, u64> = BTreeMap::new();
         let mut rss_at = Instant::now();
-        let (start, cpu_before) = (Instant::now(), self.cpu_ticks());
+        let (start, cpu_before) = (Instant::now(), self.cpu_seconds());
         let mut tasks = Vec::new();
         let mut n = 0usize;
         while start.elapsed() < window {
@@ -595,7 +595,7 @@ impl System {
                 rss_at = Instant::now();
                 for (_, pid) in &self.pids {
                     let peak = peak_rss.entry(*pid).or_default();
-                    *peak = (*peak).max(vm_rss(*pid));
+                    *peak = (*peak).max(status_bytes(*pid, "VmRSS").unwrap_or(0));
                 }
             }
             if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
@@ -630,7 +630,7 @@ impl System {
             t.await.expect("a request task");
         }
         let wall = start.elapsed().as_secs_f64();
-        let cpu_seconds = (self.cpu_ticks() - cpu_before) as f64 / clock_ticks_per_second();
+        let cpu_seconds = self.cpu_seconds() - cpu_before;
         let ok = ok.load(Ordering::Relaxed);
         let mut latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
         latencies.sort();
@@ -655,8 +655,8 @@ impl System {
         self.acknowledged.fetch_add(run.ok, Ordering::Relaxed);
     }
 
-    fn cpu_ticks(&self) -> u64 {
-        self.pids.iter().map(|(_, pid)| cpu_ticks(*pid)).sum()
+    fn cpu_seconds(&self) -> f64 {
+        self.pids.iter().map(|(_, pid)| cpu_seconds(*pid)).sum()
     }
 
     /// Waits until Prometheus and the sink have settled on what this system
@@ -1013,33 +1013,4 @@ service:
       exporters: [prometheus_remote_write]
 "
     )
-}
-
-/// utime + stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    // Fields after the command name, which may contain spaces: state is
-    // field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let field = |n: usize| -> u64 { fields[n - 3].parse().expect("a number of ticks") };
-    field(14) + field(15)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// VmRSS of a process, in bytes.
-fn vm_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

@@ -19,7 +19,7 @@ use common::{Gateway, TestTrace, WAIT, hex, wait_members};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tokio::sync::Mutex;
-use vispyr_e2e::process::free_port;
+use vispyr_e2e::process::{free_port, status_bytes};
 use vispyr_e2e::{Tempo, TestCluster, eventually};
 use vispyr_gateway::otlp::retryable;
 
@@ -271,13 +271,7 @@ fn signal(pid: u32, name: &str) {
 
 /// VmRSS of `pid` in MiB.
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    kib / 1024.0
+    status_bytes(pid, "VmRSS").expect("VmRSS of a running member") as f64 / (1 << 20) as f64
 }
 
 /// Tempo stopped (SIGSTOP: its connections hang rather than fail, the harder

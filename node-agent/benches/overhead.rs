@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vispyr_e2e::Pyroscope;
-use vispyr_e2e::process::{Process, free_port};
+use vispyr_e2e::process::{Process, cpu_seconds, free_port, status_bytes};
 
 /// The agent measured, unless `NODE_AGENT` names another build of it (to
 /// compare two versions on the same machine).
@@ -380,32 +380,23 @@ impl Agent {
     }
 }
 
-/// A process's CPU time (all its threads) at an instant.
+/// A process's CPU time, and when it was read.
 struct CpuTime {
-    ticks: u64,
+    seconds: f64,
     at: Instant,
 }
 
 impl CpuTime {
     fn of(pid: u32) -> Self {
-        let path = format!("/proc/{pid}/stat");
-        let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // Fields after the command name, which may contain spaces: state is
-        // field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
-        let fields: Vec<&str> = rest.split(' ').collect();
-        let field = |n: usize| -> u64 { fields[n - 3].parse().expect("a number of ticks") };
         Self {
-            ticks: field(14) + field(15),
+            seconds: cpu_seconds(pid),
             at: Instant::now(),
         }
     }
 
     /// CPU time since `earlier` over wall time: the share of one core.
     fn share_since(&self, earlier: &CpuTime) -> f64 {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (self.ticks - earlier.ticks) as f64 / hz / (self.at - earlier.at).as_secs_f64()
+        (self.seconds - earlier.seconds) / (self.at - earlier.at).as_secs_f64()
     }
 }
 
@@ -423,20 +414,12 @@ struct Memory {
 
 impl Memory {
     fn of(pid: u32) -> Self {
-        let path = format!("/proc/{pid}/status");
-        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let kib = |key: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("{key} in {path}"))
-                * 1024
-        };
+        let bytes =
+            |key: &str| status_bytes(pid, key).unwrap_or_else(|| panic!("{key} of pid {pid}"));
         Self {
-            rss: kib("VmRSS:"),
-            rss_anon: kib("RssAnon:"),
-            rss_file: kib("RssFile:"),
+            rss: bytes("VmRSS"),
+            rss_anon: bytes("RssAnon"),
+            rss_file: bytes("RssFile"),
         }
     }
 }
