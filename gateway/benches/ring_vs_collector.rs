@@ -46,11 +46,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 use tonic::transport::Channel;
 use vispyr_e2e::process::{Process, cpu_seconds, free_port, status_bytes};
 use vispyr_e2e::{Prometheus, eventually, tool};
@@ -847,23 +845,7 @@ fn request() -> ExportTraceServiceRequest {
     let resource_spans = ["frontend", "checkout", "payments"]
         .into_iter()
         .zip(by_service)
-        .map(|(service, spans)| ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(service.into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
+        .map(|(service, spans)| common::resource_spans(service, spans))
         .collect();
     ExportTraceServiceRequest { resource_spans }
 }

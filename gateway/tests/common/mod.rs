@@ -148,6 +148,27 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `spans` of the service `service` (its only resource attribute).
+pub fn resource_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
+    ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(service.into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// A trace of a root span and `children` children, all of `service`.
 pub struct TestTrace {
     pub service: String,
@@ -183,37 +204,22 @@ impl TestTrace {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![KeyValue {
-                        key: "service.name".into(),
-                        value: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(self.service.clone())),
-                        }),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    spans: indices
-                        .into_iter()
-                        .map(|i| &self.spans[i])
-                        .map(|(id, parent, name)| Span {
-                            trace_id: self.trace_id.to_vec(),
-                            span_id: id.to_vec(),
-                            parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
-                            name: name.clone(),
-                            kind: 2,
-                            start_time_unix_nano: now,
-                            end_time_unix_nano: now + 1_000_000,
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
+        let spans = indices
+            .into_iter()
+            .map(|i| &self.spans[i])
+            .map(|(id, parent, name)| Span {
+                trace_id: self.trace_id.to_vec(),
+                span_id: id.to_vec(),
+                parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
+                name: name.clone(),
+                kind: 2,
+                start_time_unix_nano: now,
+                end_time_unix_nano: now + 1_000_000,
                 ..Default::default()
-            }],
+            })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![resource_spans(&self.service, spans)],
         }
     }
 
