@@ -322,15 +322,27 @@ fn javascript_functions_are_named_with_their_kind() {
     let app = dir.path().join("app.js");
     std::fs::write(&app, APP_JS).unwrap();
 
+    // Started as an injected pod starts it: the operator's NODE_OPTIONS with
+    // profiling on (the preload, which limits inlining while V8 writes a perf
+    // map, and the perf-map flags), the preload from the init container's
+    // payload. Only the profiler is under test here: the SDK stays off.
+    let payload = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../instrumentation/nodejs/dist/payload/register.cjs");
+    assert!(
+        payload.exists(),
+        "{} is missing: run `make nodejs-payload`",
+        payload.display()
+    );
     let mut profiler = profiler();
     let mut cmd = Command::new("node");
-    // The flags the operator injects, plus no inlining so the hot function
-    // keeps a frame of its own in optimized code.
-    cmd.args([
-        "--perf-basic-prof-only-functions",
-        "--interpreted-frames-native-stack",
-        "--no-turbo-inlining",
-    ])
+    cmd.env(
+        "NODE_OPTIONS",
+        format!(
+            "--require {} --perf-basic-prof-only-functions --interpreted-frames-native-stack",
+            payload.display()
+        ),
+    )
+    .env("OTEL_SDK_DISABLED", "true")
     .arg(&app)
     .current_dir(dir.path());
     let node = start(cmd);

@@ -167,6 +167,9 @@ pub struct NodejsSpec {
     pub resources: ResourceRequirements,
     /// Add the V8 flags the CPU profiler needs to name JavaScript frames
     /// (`--perf-basic-prof-only-functions --interpreted-frames-native-stack`).
+    /// Seeing them, the injected package also limits V8's inlining, so that
+    /// hot functions keep frames of their own; `env`
+    /// `VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE` tunes it (`v8`: no limit).
     #[serde(default = "default_true")]
     pub profiling: bool,
     /// Size limit of the emptyDir volume the instrumentation is copied into.

@@ -51,9 +51,15 @@ function main() {
     state.reason = 'not the main thread';
     return;
   }
+  // Before anything is compiled, and whether or not telemetry is on: the
+  // profiler is independent of the SDK.
+  var profiling = require('./profiling.cjs').inliningFlag(process.execArgv, process.env);
+  if (profiling.flag) require('v8').setFlagsFromString(profiling.flag);
+  if (profiling.problem) state.problems.push(profiling.problem);
   if (envTrue('OTEL_SDK_DISABLED')) {
     state.status = 'skipped';
     state.reason = 'OTEL_SDK_DISABLED=true';
+    if (state.problems.length > 0) warn(state.problems.join('; '));
     return;
   }
   if (guards.launcher(process.argv[1])) {
@@ -77,7 +83,7 @@ function main() {
   }
   state.status = result.status;
   state.reason = result.reason;
-  state.problems = result.problems || [];
+  state.problems = state.problems.concat(result.problems || []);
   if (result.status === 'disabled') {
     warn('instrumentation disabled: ' + result.reason);
   } else if (state.problems.length > 0) {

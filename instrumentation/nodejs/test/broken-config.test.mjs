@@ -114,6 +114,23 @@ test('several bad settings: still one line, naming each; the SDK runs on default
   assert.deepEqual(app.foreignStdout(), []);
 });
 
+test('bad VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE with the perf-map flags: one line, the app serves, spans exported', async (t) => {
+  const app = new App('cjs-server.cjs', {
+    env: { ...fastExport(receiver.endpoint), OTEL_SERVICE_NAME: 'bad-inline-limit', VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE: '2k' },
+    nodeOptions: '--perf-basic-prof-only-functions --interpreted-frames-native-stack',
+  });
+  t.after(() => app.kill());
+  await app.start();
+  t.after(() => fs.rmSync(`/tmp/perf-${app.child.pid}.map`, { force: true }));
+  await assertServes(app);
+  await receiver.waitFor('spans of bad-inline-limit', (r) => r.spansOf('bad-inline-limit').length >= 3);
+  await app.stop();
+  assert.deepEqual(app.vispyrLines(), [
+    'vispyr: VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE "2k" is neither a number of bytes nor "v8"; using 27',
+  ]);
+  assert.deepEqual(app.foreignStdout(), []);
+});
+
 test('endpoint that is not a URL: instrumentation disabled with one line, the app serves', async (t) => {
   const app = new App('cjs-server.cjs', {
     env: { OTEL_SERVICE_NAME: 'bad-url', OTEL_EXPORTER_OTLP_ENDPOINT: 'vispyr-gateway:4318' },

@@ -10,6 +10,7 @@ import { App, PKG_DIR, PRELOAD_DIR, REGISTER_CJS } from './support/app.mjs';
 const require = createRequire(import.meta.url);
 const config = require('../src/config.cjs');
 const guards = require('../src/guards.cjs');
+const profiling = require('../src/profiling.cjs');
 
 test('config.check: valid settings are quiet', () => {
   const r = config.check({
@@ -91,8 +92,29 @@ test('guards.unsupportedNode follows the SDK engines (^18.19.0 || >=20.6.0)', ()
   }
 });
 
+test('profiling.inliningFlag: inlining limited only while V8 writes a perf map', () => {
+  const PERF = '--perf-basic-prof-only-functions --interpreted-frames-native-stack';
+  const limit = (n) => ({ flag: `--max-inlined-bytecode-size=${n}`, problem: null });
+  // The operator's NODE_OPTIONS, and the same flags on the command line.
+  assert.deepEqual(profiling.inliningFlag([], { NODE_OPTIONS: `--require /vispyr-instrumentation/register.cjs ${PERF}` }), limit(27));
+  assert.deepEqual(profiling.inliningFlag(['--perf-basic-prof'], {}), limit(27));
+  assert.deepEqual(profiling.inliningFlag(['--perf-prof'], {}), limit(27));
+  // No perf map: V8's inlining untouched.
+  assert.deepEqual(profiling.inliningFlag([], {}), { flag: null, problem: null });
+  assert.deepEqual(profiling.inliningFlag(['--perf-prof-unwinding-info'], { NODE_OPTIONS: '--max-old-space-size=96' }), { flag: null, problem: null });
+  // The setting.
+  const env = (v) => ({ NODE_OPTIONS: PERF, VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE: v });
+  assert.deepEqual(profiling.inliningFlag([], env('60')), limit(60));
+  assert.deepEqual(profiling.inliningFlag([], env(' 0 ')), limit(0));
+  assert.deepEqual(profiling.inliningFlag([], env('v8')), { flag: null, problem: null });
+  assert.deepEqual(profiling.inliningFlag([], env('lots')), {
+    flag: '--max-inlined-bytecode-size=27',
+    problem: 'VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE "lots" is neither a number of bytes nor "v8"; using 27',
+  });
+});
+
 test('the files parsed before the version check use no syntax older Node.js rejects', () => {
-  for (const f of ['register.cjs', 'src/register.cjs', 'src/guards.cjs']) {
+  for (const f of ['register.cjs', 'src/register.cjs', 'src/guards.cjs', 'src/profiling.cjs']) {
     const code = fs
       .readFileSync(path.join(PKG_DIR, f), 'utf8')
       .replace(/\/\/.*$/gm, '')
