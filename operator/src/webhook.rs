@@ -160,8 +160,7 @@ impl Webhook {
                         EventType::Warning,
                         "InjectionWarning",
                         warning,
-                    )
-                    .await;
+                    );
                 }
                 match allow.with_patch(injection.patch) {
                     Ok(r) => (with_warnings(r, injection.warnings), "injected"),
@@ -174,8 +173,7 @@ impl Webhook {
             Outcome::Rejected(why) => {
                 let message = format!("Node.js instrumentation not injected: {why}");
                 tracing::warn!(namespace = request.namespace.as_deref().unwrap_or_default(), pod = %pod_name, reason = why.reason(), "{message}");
-                self.event(pod, request, EventType::Warning, why.reason(), &message)
-                    .await;
+                self.event(pod, request, EventType::Warning, why.reason(), &message);
                 let patch = skipped_patch(pod, &message);
                 let response = allow
                     .with_patch(patch)
@@ -207,7 +205,7 @@ impl Webhook {
     /// Records an Event about the pod's owner, or the pod when it has none:
     /// at admission the pod does not exist yet, and a pod of a ReplicaSet has
     /// no name before it is stored, while its owner is where users look.
-    async fn event(
+    fn event(
         &self,
         pod: &Pod,
         request: &AdmissionRequest<Pod>,
@@ -248,9 +246,15 @@ impl Webhook {
             action: "InjectNodejs".to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, reason, "cannot record Event");
-        }
+        // Published after the review is answered: the apiserver waits for the
+        // webhook, and an Event write is one more apiserver round trip.
+        let recorder = self.recorder.clone();
+        let reason = event.reason.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, reason, "cannot record Event");
+            }
+        });
     }
 }
 
