@@ -14,8 +14,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::{RolloutMode, VispyrInstrumentation, VispyrInstrumentationStatus};
@@ -32,9 +33,12 @@ use crate::{Error, namespaces};
 /// Pod-template annotation the controller sets to roll a workload: the
 /// instrumentation and generation its pods must be injected with.
 pub const ROLLOUT_ANNOTATION: &str = "vispyr.io/rollout-for";
-/// Status is refreshed this often even when nothing we watch changes, since
-/// the pod count and crash loops live on pods we do not watch.
+/// Everything is reconciled this often even when nothing we watch changes:
+/// the workloads a rollout restarts are not watched.
 const RESYNC: Duration = Duration::from_secs(30);
+/// Injected pods that change trigger a status refresh at most this often: a
+/// rollout of many pods costs one status write a second, not one a pod.
+const POD_TRIGGER_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct ControllerMetrics {
@@ -78,43 +82,97 @@ pub struct Context {
     pub metrics: ControllerMetrics,
 }
 
+/// What the reconciler reads during one term as leader.
+struct Term {
+    ctx: Arc<Context>,
+    /// The injected pods (label [`INJECTED_LABEL`]), trimmed by [`trim`].
+    pods: Store<Pod>,
+}
+
 /// Runs the controller until `stop` is cancelled.
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let client = ctx.client.clone();
+    // One watch of the injected pods feeds every reconcile, instead of a
+    // cluster-wide list of them per instrumentation and resync, whose decoding
+    // also held up the webhook sharing this runtime.
+    let (pods, writer) = reflector::store();
+    let changed = Arc::new(Notify::new());
+    let pod_watch = {
+        let changed = changed.clone();
+        watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true")),
+        )
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .touched_objects()
+        .for_each(move |pod| {
+            if pod.is_ok() {
+                changed.notify_one();
+            }
+            async {}
+        })
+    };
+    // Changes during the pause leave one stored permit: the next refresh
+    // follows the pause, so none is lost and bursts coalesce.
+    let pod_changes = futures::stream::unfold(changed, |changed| async move {
+        changed.notified().await;
+        tokio::time::sleep(POD_TRIGGER_INTERVAL).await;
+        Some(((), changed))
+    });
     let instrumentations: Api<VispyrInstrumentation> = Api::all(client.clone());
-    Controller::new(instrumentations, watcher::Config::default())
+    let controller = Controller::new(instrumentations, watcher::Config::default())
+        .reconcile_all_on(pod_changes)
         .graceful_shutdown_on(stop.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, Arc::new(Term { ctx, pods }))
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile loop");
             }
-        })
-        .await;
+        });
+    // The pod watch never ends by itself; it stops with the controller.
+    tokio::select! {
+        () = controller => {}
+        () = pod_watch => {}
+    }
 }
 
-fn error_policy(_vi: Arc<VispyrInstrumentation>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.errors.inc();
+/// What the status needs of a pod: metadata (owner, annotations) and the
+/// container states; the spec and managed fields are most of its size.
+fn trim(pod: &mut Pod) {
+    pod.spec = None;
+    pod.metadata.managed_fields = None;
+}
+
+fn error_policy(_vi: Arc<VispyrInstrumentation>, error: &Error, term: Arc<Term>) -> Action {
+    term.ctx.metrics.errors.inc();
     tracing::warn!(error = %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
 
-async fn reconcile(vi: Arc<VispyrInstrumentation>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(vi: Arc<VispyrInstrumentation>, term: Arc<Term>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    ctx.metrics.reconciles.inc();
-    let result = reconcile_inner(&vi, &ctx).await;
-    ctx.metrics
+    term.ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&vi, &term).await;
+    term.ctx
+        .metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
     result
 }
 
-async fn reconcile_inner(vi: &VispyrInstrumentation, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(vi: &VispyrInstrumentation, term: &Term) -> Result<Action, Error> {
+    let ctx = &*term.ctx;
+    // Before the watch's first list the cache is empty, not the cluster.
+    term.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::PodCacheClosed)?;
     let key = format!("{}/{}", vi.namespace().unwrap_or_default(), vi.name_any());
-    let injected: Vec<Pod> = Api::<Pod>::all(ctx.client.clone())
-        .list(&ListParams::default().labels(&format!("{INJECTED_LABEL}=true")))
-        .await?
-        .items
+    let injected: Vec<Arc<Pod>> = term
+        .pods
+        .state()
         .into_iter()
         .filter(|p| p.annotations().get(INJECTED_ANNOTATION) == Some(&key))
         .filter(|p| {
@@ -124,7 +182,11 @@ async fn reconcile_inner(vi: &VispyrInstrumentation, ctx: &Context) -> Result<Ac
             )
         })
         .collect();
-    let looping: Vec<&Pod> = injected.iter().filter(|p| crash_looping(p)).collect();
+    let looping: Vec<&Pod> = injected
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| crash_looping(p))
+        .collect();
     let looping_names: Vec<String> = looping.iter().map(|p| p.name_any()).collect();
 
     let mut rolled = Vec::new();

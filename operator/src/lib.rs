@@ -34,6 +34,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Admin(#[from] vispyr_common::admin::AdminError),
+    /// The leader's cache of injected pods ended (its watch was dropped).
+    #[error("the cache of injected pods is closed")]
+    PodCacheClosed,
     /// The CRD could not be rendered as YAML.
     #[error("rendering the CustomResourceDefinition as YAML")]
     CrdYaml(#[source] serde_yaml::Error),
