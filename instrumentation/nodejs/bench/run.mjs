@@ -10,7 +10,7 @@
 //   --warmup S        BENCH_WARMUP       warmup seconds per slot      (1.5)
 //   --connections N   BENCH_CONNECTIONS  autocannon connections       (10)
 //   --variants a,b,c  BENCH_VARIANTS     which variants (keys below)  (baseline,preload,preload+perf)
-//   --extra           BENCH_EXTRA=1      add the diagnostic variants (upstream-http-server, sampled-10, no-metrics, no-traces, http-only, no-http)
+//   --extra           BENCH_EXTRA=1      add the diagnostic variants (upstream-http-server, upstream-span-export, sampled-10, no-metrics, no-traces, http-only, no-http)
 //   --json FILE                          also write every round's figures as JSON
 //   BENCH_NO_PIN=1                       do not pin processes to CPUs
 //   VISPYR_BENCH_PAYLOAD=dist/payload    measure a built payload instead of this directory
@@ -80,6 +80,12 @@ const VARIANTS = {
     env: { VISPYR_HTTP_SERVER: 'upstream' },
     exports: true,
   },
+  'upstream-span-export': {
+    label: 'preload, VISPYR_SPAN_EXPORT=upstream',
+    nodeOptions: PRELOAD,
+    env: { VISPYR_SPAN_EXPORT: 'upstream' },
+    exports: true,
+  },
   'http-only': {
     label: 'preload, OTEL_NODE_ENABLED_INSTRUMENTATIONS=http',
     nodeOptions: PRELOAD,
@@ -88,7 +94,7 @@ const VARIANTS = {
   },
 };
 const DEFAULT_VARIANTS = ['baseline', 'preload', 'preload+perf'];
-const EXTRA_VARIANTS = ['upstream-http-server', 'sampled-10', 'no-metrics', 'no-traces', 'http-only', 'no-http'];
+const EXTRA_VARIANTS = ['upstream-http-server', 'upstream-span-export', 'sampled-10', 'no-metrics', 'no-traces', 'http-only', 'no-http'];
 
 // ---------------------------------------------------------------- options
 

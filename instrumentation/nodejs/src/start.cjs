@@ -313,7 +313,7 @@ function start() {
     if (!logsExported) options.logRecordProcessors = [];
     if (checked.skipSignals.traces) {
       options.spanProcessors = [];
-    } else {
+    } else if (!checked.upstreamSpanExport) {
       const encoding = require('./span-export.cjs').fromEnv();
       if (encoding) options.spanProcessors = [encoding];
     }
