@@ -12,6 +12,8 @@
 //   --variants a,b,c  BENCH_VARIANTS     which variants (keys below)  (baseline,preload,preload+perf)
 //   --extra           BENCH_EXTRA=1      add the diagnostic variants (upstream-http-server, upstream-span-export, sampled-10, no-metrics, no-traces, http-only, no-http)
 //   --json FILE                          also write every round's figures as JSON
+//   --compare DIR     BENCH_COMPARE      add a variant "compare": the preload of another copy of this
+//                                        package (e.g. a checkout of an earlier version, with its node_modules)
 //   BENCH_NO_PIN=1                       do not pin processes to CPUs
 //   VISPYR_BENCH_PAYLOAD=dist/payload    measure a built payload instead of this directory
 //
@@ -109,6 +111,7 @@ function parseArgs(argv) {
     extra: env.BENCH_EXTRA === '1',
     json: null,
     pin: env.BENCH_NO_PIN !== '1',
+    compare: env.BENCH_COMPARE || null,
   };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split(/=(.*)/s);
@@ -122,12 +125,22 @@ function parseArgs(argv) {
       case '--extra': opts.extra = true; break;
       case '--json': opts.json = value(); break;
       case '--no-pin': opts.pin = false; break;
+      case '--compare': opts.compare = value(); break;
       default:
         console.error(`unknown option ${argv[i]} (see the head of bench/run.mjs)`);
         process.exit(2);
     }
   }
   if (opts.extra) for (const v of EXTRA_VARIANTS) if (!opts.variants.includes(v)) opts.variants.push(v);
+  if (opts.compare) {
+    const register = path.join(path.resolve(opts.compare), 'register.cjs');
+    if (!fs.existsSync(register)) {
+      console.error(`--compare: ${register} not found`);
+      process.exit(2);
+    }
+    VARIANTS.compare = { label: `preload of ${opts.compare}`, nodeOptions: `--require "${register}"`, exports: true };
+    if (!opts.variants.includes('compare')) opts.variants.push('compare');
+  }
   for (const v of opts.variants) {
     if (!VARIANTS[v]) {
       console.error(`unknown variant ${v}; known: ${Object.keys(VARIANTS).join(', ')}`);

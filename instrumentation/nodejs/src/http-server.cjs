@@ -34,6 +34,67 @@ const utils = require('@opentelemetry/instrumentation-http/build/src/utils.js');
 const ATTR_STATUS_CODE = 'http.response.status_code';
 const ATTR_ROUTE = 'http.route';
 
+// Request methods whose upstream normalisation is the method itself.
+const PLAIN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH']);
+// A request target that new URL() leaves as it is for the pathname: an
+// absolute path of characters it does not percent-encode or rewrite, no
+// query, no "." or ".." segment (no "/." at all, no encoded dot), not
+// "//..." (a host for URL).
+const PLAIN_PATH = /^\/(?!\/)[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$/;
+const DOT_SEGMENT = /\/\.|%2e/i;
+// A Host header of a name or IPv4 address and an optional port.
+const PLAIN_HOST = /^([A-Za-z0-9\-.]+)(?::(\d{1,5}))?$/;
+
+// An IPv4 address as new URL() accepts it (a host ending in a number must be one).
+const IPV4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+const ENDS_IN_NUMBER = /(?:^|\.)(?:\d+|0x[0-9a-f]*)\.?$/i;
+// Punycode labels, which new URL() decodes and may reject.
+const PUNYCODE = /(?:^|\.)xn--/i;
+
+/**
+ * The span attributes of a plain incoming request (absolute path without
+ * query, a host name or IPv4 address, no forwarding headers, a common
+ * method), as upstream's getIncomingRequestAttributes computes them (same
+ * keys, same order) but without parsing a URL and a host; null for any
+ * other request. test/http-server.test.mjs compares both on real requests.
+ */
+function plainRequestAttributes(request, component) {
+  const headers = request.headers;
+  const url = request.url;
+  const hostMatch = typeof headers.host === 'string' ? PLAIN_HOST.exec(headers.host) : null;
+  if (
+    hostMatch === null ||
+    !PLAIN_METHODS.has(request.method) ||
+    typeof url !== 'string' ||
+    !PLAIN_PATH.test(url) ||
+    DOT_SEGMENT.test(url) ||
+    headers.forwarded !== undefined ||
+    headers['x-forwarded-host'] !== undefined ||
+    headers['x-forwarded-for'] !== undefined
+  ) {
+    return null;
+  }
+  const host = hostMatch[1];
+  // Hosts new URL() rejects leave upstream without url.path.
+  if ((ENDS_IN_NUMBER.test(host) && !IPV4.test(host)) || PUNYCODE.test(host)) return null;
+  const port = hostMatch[2] !== undefined ? Number(hostMatch[2]) : component === 'https' ? 443 : 80;
+  if (port > 65535) return null;
+  const socket = request.socket;
+  const attributes = {
+    'http.request.method': request.method,
+    'url.scheme': component,
+    'server.address': host,
+    'network.peer.address': socket.remoteAddress,
+    'network.peer.port': socket.remotePort,
+    'network.protocol.version': request.httpVersion,
+    'user_agent.original': headers['user-agent'],
+    'url.path': url,
+  };
+  if (socket.remoteAddress) attributes['client.address'] = socket.remoteAddress;
+  attributes['server.port'] = port;
+  return attributes;
+}
+
 class LeanServerHttpInstrumentation extends HttpInstrumentation {
   _incomingRequestFunction(component, original) {
     const inst = this;
@@ -42,7 +103,8 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
       if (event !== 'request') return original.apply(this, arguments);
 
       const method = request.method || 'GET';
-      const attributes = utils.getIncomingRequestAttributes(request, attributeOptions, inst._diag);
+      const attributes =
+        plainRequestAttributes(request, component) || utils.getIncomingRequestAttributes(request, attributeOptions, inst._diag);
       const metricAttributes = {
         'http.request.method': attributes['http.request.method'],
         'url.scheme': attributes['url.scheme'],
@@ -97,4 +159,4 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
   }
 }
 
-module.exports = { LeanServerHttpInstrumentation };
+module.exports = { LeanServerHttpInstrumentation, plainRequestAttributes };
