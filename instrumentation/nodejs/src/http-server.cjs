@@ -142,12 +142,15 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
         inst._recordServerDuration(core.hrTimeToMilliseconds(core.hrTimeDuration(startTime, core.hrTime())), metricAttributes);
       };
 
+      // After 'error' only 'close' follows: the error ends the span. Added
+      // before the binding below: ending the span needs no context, and a
+      // bound listener costs a wrapper, a property definition and a context
+      // switch per call.
+      response.on(errorMonitor, end);
+      response.on('close', () => end());
       return api.context.with(ctx, () => {
         api.context.bind(ctx, request);
         api.context.bind(ctx, response);
-        // After 'error' only 'close' follows: the error ends the span.
-        response.on(errorMonitor, end);
-        response.on('close', () => end());
         try {
           return original.call(this, event, request, response);
         } catch (error) {
