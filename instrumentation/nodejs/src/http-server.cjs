@@ -15,12 +15,11 @@
 // same span: same tracer (scope @opentelemetry/instrumentation-http), name
 // "<METHOD>" or "<METHOD> <route>" once a framework instrumentation has set
 // the route in the RPC metadata, kind SERVER, the upstream request
-// attributes (computed by its own function), http.response.status_code and
-// http.route, error status on 5xx or on an error of the response, W3C trace
-// context extracted from the headers, and the span active (with the request
-// and response emitters bound to it) while the application handles the
-// request. The http.server.request.duration histogram is recorded as
-// upstream. Outgoing requests, https and everything else are the upstream
+// attributes, http.response.status_code and http.route, error status on 5xx
+// or on an error of the response, W3C trace context extracted from the
+// headers, and the span active while the application handles the request
+// and in the events of the request and the response. The
+// http.server.request.duration histogram is recorded as upstream. Outgoing requests, https and everything else are the upstream
 // class's code, unchanged. The package pins the upstream version, and the
 // tests assert the span shape, so an upgrade that changes the internals this
 // relies on (the _incomingRequestFunction hook, the utils module) fails them.
@@ -95,9 +94,52 @@ function plainRequestAttributes(request, component) {
   return attributes;
 }
 
+// The context of the request an IncomingMessage or ServerResponse belongs to.
+const kContext = Symbol('vispyr.http-server.context');
+
+/**
+ * Makes the events of a server's request and response run in the request's
+ * context, as upstream's binding of both emitters does (context.bind): the
+ * request's 'data' and 'end', emitted from the socket outside the handler's
+ * async context, must see the server span, e.g. for a call to another
+ * service made once the body is read. Upstream patches seven methods on
+ * each of the two objects per request and wraps every listener added later;
+ * here the two prototypes' emit looks the context up once per event, and
+ * switches to it only when it is not the active one already (events emitted
+ * from the handler, or from callbacks it scheduled, are). Returns the
+ * function that restores the prototypes.
+ */
+function runEventsInRequestContext() {
+  const http = require('node:http');
+  const restores = [];
+  for (const proto of [http.IncomingMessage.prototype, http.ServerResponse.prototype]) {
+    const own = Object.getOwnPropertyDescriptor(proto, 'emit');
+    const original = proto.emit;
+    proto.emit = function emit() {
+      const ctx = this[kContext];
+      if (ctx === undefined || api.context.active() === ctx) return original.apply(this, arguments);
+      return api.context.with(ctx, original, this, ...arguments);
+    };
+    restores.push(() => {
+      if (own) Object.defineProperty(proto, 'emit', own);
+      else delete proto.emit;
+    });
+  }
+  return () => restores.forEach((restore) => restore());
+}
+
 class LeanServerHttpInstrumentation extends HttpInstrumentation {
+  disable() {
+    super.disable();
+    if (this._restoreEmits) {
+      this._restoreEmits();
+      this._restoreEmits = undefined;
+    }
+  }
+
   _incomingRequestFunction(component, original) {
     const inst = this;
+    if (!this._restoreEmits) this._restoreEmits = runEventsInRequestContext();
     const attributeOptions = { component, enableSyntheticSourceDetection: false };
     return function incomingRequest(event, request, response) {
       if (event !== 'request') return original.apply(this, arguments);
@@ -142,15 +184,12 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
         inst._recordServerDuration(core.hrTimeToMilliseconds(core.hrTimeDuration(startTime, core.hrTime())), metricAttributes);
       };
 
-      // After 'error' only 'close' follows: the error ends the span. Added
-      // before the binding below: ending the span needs no context, and a
-      // bound listener costs a wrapper, a property definition and a context
-      // switch per call.
+      // After 'error' only 'close' follows: the error ends the span.
       response.on(errorMonitor, end);
       response.on('close', () => end());
+      request[kContext] = ctx;
+      response[kContext] = ctx;
       return api.context.with(ctx, () => {
-        api.context.bind(ctx, request);
-        api.context.bind(ctx, response);
         try {
           return original.call(this, event, request, response);
         } catch (error) {

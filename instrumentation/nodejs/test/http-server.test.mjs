@@ -77,3 +77,14 @@ test('other requests are left to upstream, whose attributes differ or need parsi
   ];
   for (const { plain } of await attributesOf(heads)) assert.equal(plain, null);
 });
+
+test('the request and response emit patches are removed with the instrumentation', () => {
+  const { LeanServerHttpInstrumentation } = require('../src/http-server.cjs');
+  const protos = [http.IncomingMessage.prototype, http.ServerResponse.prototype];
+  const before = protos.map((p) => Object.getOwnPropertyDescriptor(p, 'emit'));
+  const inst = new LeanServerHttpInstrumentation({ enabled: false });
+  inst._incomingRequestFunction('http', () => false);
+  for (const p of protos) assert.ok(Object.hasOwn(p, 'emit'), 'emit patched');
+  inst.disable();
+  assert.deepEqual(protos.map((p) => Object.getOwnPropertyDescriptor(p, 'emit')), before);
+});
