@@ -27,11 +27,13 @@
 const api = require('@opentelemetry/api');
 const core = require('@opentelemetry/core');
 const { errorMonitor } = require('node:events');
+const { performance } = require('node:perf_hooks');
 const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http');
 const utils = require('@opentelemetry/instrumentation-http/build/src/utils.js');
 
 const ATTR_STATUS_CODE = 'http.response.status_code';
 const ATTR_ROUTE = 'http.route';
+const SERVER_SPAN = Object.freeze({ kind: api.SpanKind.SERVER });
 
 // Request methods whose upstream normalisation is the method itself.
 const PLAIN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH']);
@@ -154,9 +156,13 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
       if (attributes['network.protocol.version']) {
         metricAttributes['network.protocol.version'] = attributes['network.protocol.version'];
       }
-      const startTime = core.hrTime();
+      const startTime = performance.now();
       const parent = api.propagation.extract(api.ROOT_CONTEXT, request.headers);
-      const span = inst.tracer.startSpan(method, { kind: api.SpanKind.SERVER, attributes }, parent);
+      // The attributes are set after the start: the SDK copies start
+      // attributes twice more for the sampler, and none of the samplers the
+      // OTEL_* variables can choose looks at them.
+      const span = inst.tracer.startSpan(method, SERVER_SPAN, parent);
+      span.setAttributes(attributes);
       // Framework instrumentations (express, koa, ...) set rpc.route.
       const rpc = { type: core.RPCType.HTTP, span };
       const ctx = core.setRPCMetadata(api.trace.setSpan(parent, span), rpc);
@@ -181,12 +187,12 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
           if (code >= 500 && code < 600) metricAttributes['error.type'] = String(code);
         }
         span.end();
-        inst._recordServerDuration(core.hrTimeToMilliseconds(core.hrTimeDuration(startTime, core.hrTime())), metricAttributes);
+        inst._recordServerDuration(performance.now() - startTime, metricAttributes);
       };
 
       // After 'error' only 'close' follows: the error ends the span.
       response.on(errorMonitor, end);
-      response.on('close', () => end());
+      response.on('close', end);
       request[kContext] = ctx;
       response[kContext] = ctx;
       return api.context.with(ctx, () => {
