@@ -174,15 +174,21 @@ class EncodingSpanProcessor {
   _export(batch) {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('Timeout')), this.exportTimeoutMillis);
-      const send = () =>
-        // The exporter's own requests must not be traced.
-        api.context.with(core.suppressTracing(api.context.active()), () => {
-          this.exporter.export(batch, (result) => {
-            clearTimeout(timer);
-            if (result.code === core.ExportResultCode.SUCCESS) resolve();
-            else reject(result.error || new Error('span export failed'));
+      const send = () => {
+        try {
+          // The exporter's own requests must not be traced.
+          api.context.with(core.suppressTracing(api.context.active()), () => {
+            this.exporter.export(batch, (result) => {
+              clearTimeout(timer);
+              if (result.code === core.ExportResultCode.SUCCESS) resolve();
+              else reject(result.error || new Error('span export failed'));
+            });
           });
-        });
+        } catch (err) {
+          clearTimeout(timer);
+          reject(err);
+        }
+      };
       const resource = this._resource;
       if (resource && resource.asyncAttributesPending && resource.waitForAsyncAttributes) {
         resource.waitForAsyncAttributes().then(send, (err) => {

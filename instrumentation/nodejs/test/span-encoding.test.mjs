@@ -193,3 +193,30 @@ test('span export: only OTLP over HTTP/protobuf takes this path', () => {
   assert.equal(fromEnv({ OTEL_TRACES_EXPORTER: 'otlp,zipkin' }), null);
   assert.equal(fromEnv({ OTEL_TRACES_EXPORTER: 'none' }), null);
 });
+
+test('span export: a span the encoder rejects and a failing exporter are reported, never thrown', async () => {
+  const reported = [];
+  core.setGlobalErrorHandler((err) => reported.push(String(err && err.message)));
+  try {
+    const processor = new EncodingSpanProcessor({
+      exporter: {
+        export: () => {
+          throw new Error('exporter broke');
+        },
+        shutdown: async () => {},
+      },
+    });
+    const tracer = providerWith(processor).getTracer('failure-test');
+    tracer.startSpan('good').end();
+    const bad = tracer.startSpan('bad');
+    bad.status = null; // not a span the SDK makes: the encoder throws
+    bad.end();
+    assert.equal(reported.length, 1, 'the bad span is reported');
+    await processor.forceFlush(); // resolves: the exporter's exception is reported
+    assert.equal(reported.length, 2);
+    assert.match(reported[1], /exporter broke/);
+    await processor.shutdown();
+  } finally {
+    core.setGlobalErrorHandler(core.loggingErrorHandler());
+  }
+});
