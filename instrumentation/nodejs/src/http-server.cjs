@@ -192,7 +192,7 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
 
       // After 'error' only 'close' follows: the error ends the span.
       response.on(errorMonitor, end);
-      response.on('close', end);
+      response.on('close', () => end());
       request[kContext] = ctx;
       response[kContext] = ctx;
       return api.context.with(ctx, () => {
