@@ -242,10 +242,10 @@ function fromEnv() {
   const protocol = stringFromEnv(env, 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL') ?? stringFromEnv(env, 'OTEL_EXPORTER_OTLP_PROTOCOL') ?? 'http/protobuf';
   if (protocol !== 'http/protobuf') return null;
   return new EncodingSpanProcessor({
-    maxQueueSize: positiveFromEnv(env, 'OTEL_BSP_MAX_QUEUE_SIZE'),
-    maxExportBatchSize: positiveFromEnv(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE'),
-    scheduledDelayMillis: positiveFromEnv(env, 'OTEL_BSP_SCHEDULE_DELAY'),
-    exportTimeoutMillis: positiveFromEnv(env, 'OTEL_BSP_EXPORT_TIMEOUT'),
+    maxQueueSize: positiveFromEnv('OTEL_BSP_MAX_QUEUE_SIZE'),
+    maxExportBatchSize: positiveFromEnv('OTEL_BSP_MAX_EXPORT_BATCH_SIZE'),
+    scheduledDelayMillis: positiveFromEnv('OTEL_BSP_SCHEDULE_DELAY'),
+    exportTimeoutMillis: positiveFromEnv('OTEL_BSP_EXPORT_TIMEOUT'),
   });
 }
 
@@ -258,14 +258,12 @@ function listFromEnv(env, name) {
   return (stringFromEnv(env, name) || '').split(',').map((s) => s.trim()).filter(Boolean);
 }
 
-// As the SDK reads the OTEL_BSP_* variables: a number greater than 0, else
-// its default, with a warning.
-function positiveFromEnv(env, name) {
-  const raw = stringFromEnv(env, name);
-  if (raw === undefined) return undefined;
-  const n = Number(raw);
-  if (Number.isNaN(n) || n <= 0) {
-    api.diag.warn(`${name} (${raw}) is invalid, expected number greater than 0, using default.`);
+// As the SDK reads the OTEL_BSP_* variables (getNonNegativeNumberFromEnv of
+// sdk-node): a number greater than 0, else its default, with a warning.
+function positiveFromEnv(name) {
+  const n = core.getNumberFromEnv(name);
+  if (n !== undefined && n <= 0) {
+    api.diag.warn(`${name} (${n}) is invalid, expected number greater than 0, using default.`);
     return undefined;
   }
   return n;

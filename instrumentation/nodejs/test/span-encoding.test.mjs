@@ -194,6 +194,14 @@ test('span export: only OTLP over HTTP/protobuf takes this path', () => {
   assert.equal(fromEnv({ OTEL_TRACES_EXPORTER: 'none' }), null);
 });
 
+test('span export: OTEL_BSP_* values as the SDK reads them, its defaults otherwise', () => {
+  const p = fromEnv({ OTEL_BSP_MAX_QUEUE_SIZE: '100', OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '500', OTEL_BSP_SCHEDULE_DELAY: '0', OTEL_BSP_EXPORT_TIMEOUT: 'soon' });
+  assert.equal(p.maxQueueSize, 100);
+  assert.equal(p.maxExportBatchSize, 100, 'a batch is at most the queue');
+  assert.equal(p.scheduledDelayMillis, 5000);
+  assert.equal(p.exportTimeoutMillis, 30000);
+});
+
 test('span export: a span the encoder rejects and a failing exporter are reported, never thrown', async () => {
   const reported = [];
   core.setGlobalErrorHandler((err) => reported.push(String(err && err.message)));
