@@ -10,8 +10,10 @@
 //   --warmup S        BENCH_WARMUP       warmup seconds per slot      (1.5)
 //   --connections N   BENCH_CONNECTIONS  autocannon connections       (10)
 //   --variants a,b,c  BENCH_VARIANTS     which variants (keys below)  (baseline,preload,preload+perf)
-//   --extra           BENCH_EXTRA=1      add the diagnostic variants (perf-v8-inlining, upstream-http-server, sampled-10, no-metrics, no-traces, http-only, no-http)
+//   --extra           BENCH_EXTRA=1      add the diagnostic variants (perf-v8-inlining, upstream-http-server, upstream-span-export, sampled-10, no-metrics, no-traces, http-only, no-http)
 //   --json FILE                          also write every round's figures as JSON
+//   --compare DIR     BENCH_COMPARE      add a variant "compare": the preload of another copy of this
+//                                        package (e.g. a checkout of an earlier version, with its node_modules)
 //   BENCH_NO_PIN=1                       do not pin processes to CPUs
 //   VISPYR_BENCH_PAYLOAD=dist/payload    measure a built payload instead of this directory
 //
@@ -90,6 +92,12 @@ const VARIANTS = {
     env: { VISPYR_HTTP_SERVER: 'upstream' },
     exports: true,
   },
+  'upstream-span-export': {
+    label: 'preload, VISPYR_SPAN_EXPORT=upstream',
+    nodeOptions: PRELOAD,
+    env: { VISPYR_SPAN_EXPORT: 'upstream' },
+    exports: true,
+  },
   'http-only': {
     label: 'preload, OTEL_NODE_ENABLED_INSTRUMENTATIONS=http',
     nodeOptions: PRELOAD,
@@ -98,7 +106,7 @@ const VARIANTS = {
   },
 };
 const DEFAULT_VARIANTS = ['baseline', 'preload', 'preload+perf'];
-const EXTRA_VARIANTS = ['perf-v8-inlining', 'upstream-http-server', 'sampled-10', 'no-metrics', 'no-traces', 'http-only', 'no-http'];
+const EXTRA_VARIANTS = ['perf-v8-inlining', 'upstream-http-server', 'upstream-span-export', 'sampled-10', 'no-metrics', 'no-traces', 'http-only', 'no-http'];
 
 // ---------------------------------------------------------------- options
 
@@ -113,6 +121,7 @@ function parseArgs(argv) {
     extra: env.BENCH_EXTRA === '1',
     json: null,
     pin: env.BENCH_NO_PIN !== '1',
+    compare: env.BENCH_COMPARE || null,
   };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split(/=(.*)/s);
@@ -126,12 +135,22 @@ function parseArgs(argv) {
       case '--extra': opts.extra = true; break;
       case '--json': opts.json = value(); break;
       case '--no-pin': opts.pin = false; break;
+      case '--compare': opts.compare = value(); break;
       default:
         console.error(`unknown option ${argv[i]} (see the head of bench/run.mjs)`);
         process.exit(2);
     }
   }
   if (opts.extra) for (const v of EXTRA_VARIANTS) if (!opts.variants.includes(v)) opts.variants.push(v);
+  if (opts.compare) {
+    const register = path.join(path.resolve(opts.compare), 'register.cjs');
+    if (!fs.existsSync(register)) {
+      console.error(`--compare: ${register} not found`);
+      process.exit(2);
+    }
+    VARIANTS.compare = { label: `preload of ${opts.compare}`, nodeOptions: `--require "${register}"`, exports: true };
+    if (!opts.variants.includes('compare')) opts.variants.push('compare');
+  }
   for (const v of opts.variants) {
     if (!VARIANTS[v]) {
       console.error(`unknown variant ${v}; known: ${Object.keys(VARIANTS).join(', ')}`);

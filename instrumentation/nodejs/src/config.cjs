@@ -14,8 +14,14 @@ const SAMPLERS = [
   'parentbased_traceidratio',
 ];
 
-// VISPYR_HTTP_SERVER: how incoming http requests become spans (src/http-server.cjs).
-const HTTP_SERVER_MODES = ['lean', 'upstream'];
+// Switches back to the SDK's own code, the first mode being the default:
+// VISPYR_HTTP_SERVER, how incoming http requests become spans
+// (src/http-server.cjs); VISPYR_SPAN_EXPORT, how spans are batched and
+// encoded for OTLP/HTTP protobuf (src/span-export.cjs).
+const MODES = {
+  VISPYR_HTTP_SERVER: ['lean', 'upstream'],
+  VISPYR_SPAN_EXPORT: ['encoded', 'upstream'],
+};
 
 // Variables whose problems this module reports itself: the SDK's own diag
 // messages about them are dropped so that each problem is said once.
@@ -68,12 +74,13 @@ function endpointProblem(raw) {
 }
 
 /**
- * @returns {{fatal: string|null, problems: string[], skipSignals: {traces: boolean, metrics: boolean}, upstreamHttpServer: boolean}}
+ * @returns {{fatal: string|null, problems: string[], skipSignals: {traces: boolean, metrics: boolean}, upstreamHttpServer: boolean, upstreamSpanExport: boolean}}
  *   fatal: why the SDK must not start at all; problems: "<what> ignored: <why>"
  *   sentences for a degraded but running setup; skipSignals: signals that
  *   must not be exported; upstreamHttpServer: VISPYR_HTTP_SERVER=upstream
  *   (incoming requests handled by instrumentation-http's own code, see
- *   src/http-server.cjs).
+ *   src/http-server.cjs); upstreamSpanExport: VISPYR_SPAN_EXPORT=upstream
+ *   (the SDK's batch processor and OTLP exporter, see src/span-export.cjs).
  */
 function check(env) {
   const problems = [];
@@ -123,12 +130,17 @@ function check(env) {
     }
   }
 
-  const httpServer = value(env, 'VISPYR_HTTP_SERVER');
-  if (httpServer !== undefined && !HTTP_SERVER_MODES.includes(httpServer)) {
-    problems.push(`VISPYR_HTTP_SERVER ignored: ${quote(httpServer)} is not one of ${HTTP_SERVER_MODES.join(', ')}; using lean`);
-  }
+  const mode = (name) => {
+    const v = value(env, name);
+    const modes = MODES[name];
+    if (v === undefined || modes.includes(v)) return v || modes[0];
+    problems.push(`${name} ignored: ${quote(v)} is not one of ${modes.join(', ')}; using ${modes[0]}`);
+    return modes[0];
+  };
+  const upstreamHttpServer = mode('VISPYR_HTTP_SERVER') === 'upstream';
+  const upstreamSpanExport = mode('VISPYR_SPAN_EXPORT') === 'upstream';
 
-  return { fatal, problems, skipSignals, upstreamHttpServer: httpServer === 'upstream' };
+  return { fatal, problems, skipSignals, upstreamHttpServer, upstreamSpanExport };
 }
 
 /** Kubernetes resource attributes from the VISPYR_* downward-API variables. */

@@ -15,12 +15,11 @@
 // same span: same tracer (scope @opentelemetry/instrumentation-http), name
 // "<METHOD>" or "<METHOD> <route>" once a framework instrumentation has set
 // the route in the RPC metadata, kind SERVER, the upstream request
-// attributes (computed by its own function), http.response.status_code and
-// http.route, error status on 5xx or on an error of the response, W3C trace
-// context extracted from the headers, and the span active (with the request
-// and response emitters bound to it) while the application handles the
-// request. The http.server.request.duration histogram is recorded as
-// upstream. Outgoing requests, https and everything else are the upstream
+// attributes, http.response.status_code and http.route, error status on 5xx
+// or on an error of the response, W3C trace context extracted from the
+// headers, and the span active while the application handles the request
+// and in the events of the request and the response. The
+// http.server.request.duration histogram is recorded as upstream. Outgoing requests, https and everything else are the upstream
 // class's code, unchanged. The package pins the upstream version, and the
 // tests assert the span shape, so an upgrade that changes the internals this
 // relies on (the _incomingRequestFunction hook, the utils module) fails them.
@@ -28,21 +27,128 @@
 const api = require('@opentelemetry/api');
 const core = require('@opentelemetry/core');
 const { errorMonitor } = require('node:events');
+const { performance } = require('node:perf_hooks');
 const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http');
 const utils = require('@opentelemetry/instrumentation-http/build/src/utils.js');
 
 const ATTR_STATUS_CODE = 'http.response.status_code';
 const ATTR_ROUTE = 'http.route';
+const SERVER_SPAN = Object.freeze({ kind: api.SpanKind.SERVER });
+
+// Request methods whose upstream normalisation is the method itself.
+const PLAIN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH']);
+// A request target that new URL() leaves as it is for the pathname: an
+// absolute path of characters it does not percent-encode or rewrite, no
+// query, no "." or ".." segment (no "/." at all, no encoded dot), not
+// "//..." (a host for URL).
+const PLAIN_PATH = /^\/(?!\/)[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$/;
+const DOT_SEGMENT = /\/\.|%2e/i;
+// A Host header of a name or IPv4 address and an optional port.
+const PLAIN_HOST = /^([A-Za-z0-9\-.]+)(?::(\d{1,5}))?$/;
+
+// An IPv4 address as new URL() accepts it (a host ending in a number must be one).
+const IPV4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+const ENDS_IN_NUMBER = /(?:^|\.)(?:\d+|0x[0-9a-f]*)\.?$/i;
+// Punycode labels, which new URL() decodes and may reject.
+const PUNYCODE = /(?:^|\.)xn--/i;
+
+/**
+ * The span attributes of a plain incoming request (absolute path without
+ * query, a host name or IPv4 address, no forwarding headers, a common
+ * method), as upstream's getIncomingRequestAttributes computes them (same
+ * keys, same order) but without parsing a URL and a host; null for any
+ * other request. test/http-server.test.mjs compares both on real requests.
+ */
+function plainRequestAttributes(request, component) {
+  const headers = request.headers;
+  const url = request.url;
+  const hostMatch = typeof headers.host === 'string' ? PLAIN_HOST.exec(headers.host) : null;
+  if (
+    hostMatch === null ||
+    !PLAIN_METHODS.has(request.method) ||
+    typeof url !== 'string' ||
+    !PLAIN_PATH.test(url) ||
+    DOT_SEGMENT.test(url) ||
+    headers.forwarded !== undefined ||
+    headers['x-forwarded-host'] !== undefined ||
+    headers['x-forwarded-for'] !== undefined
+  ) {
+    return null;
+  }
+  const host = hostMatch[1];
+  // Hosts new URL() rejects leave upstream without url.path.
+  if ((ENDS_IN_NUMBER.test(host) && !IPV4.test(host)) || PUNYCODE.test(host)) return null;
+  const port = hostMatch[2] !== undefined ? Number(hostMatch[2]) : component === 'https' ? 443 : 80;
+  if (port > 65535) return null;
+  const socket = request.socket;
+  const attributes = {
+    'http.request.method': request.method,
+    'url.scheme': component,
+    'server.address': host,
+    'network.peer.address': socket.remoteAddress,
+    'network.peer.port': socket.remotePort,
+    'network.protocol.version': request.httpVersion,
+    'user_agent.original': headers['user-agent'],
+    'url.path': url,
+  };
+  if (socket.remoteAddress) attributes['client.address'] = socket.remoteAddress;
+  attributes['server.port'] = port;
+  return attributes;
+}
+
+// The context of the request an IncomingMessage or ServerResponse belongs to.
+const kContext = Symbol('vispyr.http-server.context');
+
+/**
+ * Makes the events of a server's request and response run in the request's
+ * context, as upstream's binding of both emitters does (context.bind): the
+ * request's 'data' and 'end', emitted from the socket outside the handler's
+ * async context, must see the server span, e.g. for a call to another
+ * service made once the body is read. Upstream patches seven methods on
+ * each of the two objects per request and wraps every listener added later;
+ * here the two prototypes' emit looks the context up once per event, and
+ * switches to it only when it is not the active one already (events emitted
+ * from the handler, or from callbacks it scheduled, are). Returns the
+ * function that restores the prototypes.
+ */
+function runEventsInRequestContext() {
+  const http = require('node:http');
+  const restores = [];
+  for (const proto of [http.IncomingMessage.prototype, http.ServerResponse.prototype]) {
+    const own = Object.getOwnPropertyDescriptor(proto, 'emit');
+    const original = proto.emit;
+    proto.emit = function emit() {
+      const ctx = this[kContext];
+      if (ctx === undefined || api.context.active() === ctx) return original.apply(this, arguments);
+      return api.context.with(ctx, original, this, ...arguments);
+    };
+    restores.push(() => {
+      if (own) Object.defineProperty(proto, 'emit', own);
+      else delete proto.emit;
+    });
+  }
+  return () => restores.forEach((restore) => restore());
+}
 
 class LeanServerHttpInstrumentation extends HttpInstrumentation {
+  disable() {
+    super.disable();
+    if (this._restoreEmits) {
+      this._restoreEmits();
+      this._restoreEmits = undefined;
+    }
+  }
+
   _incomingRequestFunction(component, original) {
     const inst = this;
+    if (!this._restoreEmits) this._restoreEmits = runEventsInRequestContext();
     const attributeOptions = { component, enableSyntheticSourceDetection: false };
     return function incomingRequest(event, request, response) {
       if (event !== 'request') return original.apply(this, arguments);
 
       const method = request.method || 'GET';
-      const attributes = utils.getIncomingRequestAttributes(request, attributeOptions, inst._diag);
+      const attributes =
+        plainRequestAttributes(request, component) || utils.getIncomingRequestAttributes(request, attributeOptions, inst._diag);
       const metricAttributes = {
         'http.request.method': attributes['http.request.method'],
         'url.scheme': attributes['url.scheme'],
@@ -50,9 +156,13 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
       if (attributes['network.protocol.version']) {
         metricAttributes['network.protocol.version'] = attributes['network.protocol.version'];
       }
-      const startTime = core.hrTime();
+      const startTime = performance.now();
       const parent = api.propagation.extract(api.ROOT_CONTEXT, request.headers);
-      const span = inst.tracer.startSpan(method, { kind: api.SpanKind.SERVER, attributes }, parent);
+      // The attributes are set after the start: the SDK copies start
+      // attributes twice more for the sampler, and none of the samplers the
+      // OTEL_* variables can choose looks at them.
+      const span = inst.tracer.startSpan(method, SERVER_SPAN, parent);
+      span.setAttributes(attributes);
       // Framework instrumentations (express, koa, ...) set rpc.route.
       const rpc = { type: core.RPCType.HTTP, span };
       const ctx = core.setRPCMetadata(api.trace.setSpan(parent, span), rpc);
@@ -77,15 +187,15 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
           if (code >= 500 && code < 600) metricAttributes['error.type'] = String(code);
         }
         span.end();
-        inst._recordServerDuration(core.hrTimeToMilliseconds(core.hrTimeDuration(startTime, core.hrTime())), metricAttributes);
+        inst._recordServerDuration(performance.now() - startTime, metricAttributes);
       };
 
+      // After 'error' only 'close' follows: the error ends the span.
+      response.on(errorMonitor, end);
+      response.on('close', () => end());
+      request[kContext] = ctx;
+      response[kContext] = ctx;
       return api.context.with(ctx, () => {
-        api.context.bind(ctx, request);
-        api.context.bind(ctx, response);
-        // After 'error' only 'close' follows: the error ends the span.
-        response.on(errorMonitor, end);
-        response.on('close', () => end());
         try {
           return original.call(this, event, request, response);
         } catch (error) {
@@ -97,4 +207,4 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
   }
 }
 
-module.exports = { LeanServerHttpInstrumentation };
+module.exports = { LeanServerHttpInstrumentation, plainRequestAttributes };

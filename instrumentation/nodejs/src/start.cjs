@@ -311,7 +311,12 @@ function start() {
     // Logs are exported only when asked for (OTEL_LOGS_EXPORTER): the
     // gateway forwards them only when it has a logs backend.
     if (!logsExported) options.logRecordProcessors = [];
-    if (checked.skipSignals.traces) options.spanProcessors = [];
+    if (checked.skipSignals.traces) {
+      options.spanProcessors = [];
+    } else if (!checked.upstreamSpanExport) {
+      const encoding = require('./span-export.cjs').fromEnv();
+      if (encoding) options.spanProcessors = [encoding];
+    }
     if (checked.skipSignals.metrics) options.metricReaders = [];
 
     // NodeSDK installs a console logger (info and debug on stdout) when

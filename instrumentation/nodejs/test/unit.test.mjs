@@ -19,8 +19,8 @@ test('config.check: valid settings are quiet', () => {
     OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
     OTEL_TRACES_SAMPLER_ARG: '0.25',
   });
-  assert.deepEqual(r, { fatal: null, problems: [], skipSignals: { traces: false, metrics: false }, upstreamHttpServer: false });
-  assert.deepEqual(config.check({}), { fatal: null, problems: [], skipSignals: { traces: false, metrics: false }, upstreamHttpServer: false });
+  assert.deepEqual(r, { fatal: null, problems: [], skipSignals: { traces: false, metrics: false }, upstreamHttpServer: false, upstreamSpanExport: false });
+  assert.deepEqual(config.check({}), { fatal: null, problems: [], skipSignals: { traces: false, metrics: false }, upstreamHttpServer: false, upstreamSpanExport: false });
 });
 
 test('config.check: a bad general endpoint is fatal unless both signals have their own', () => {
@@ -56,12 +56,17 @@ test('config.check: sampler argument must be a number in [0, 1]', () => {
   }
 });
 
-test('config.check: VISPYR_HTTP_SERVER is lean (default) or upstream', () => {
+test('config.check: VISPYR_HTTP_SERVER is lean (default) or upstream, VISPYR_SPAN_EXPORT encoded (default) or upstream', () => {
   assert.equal(config.check({ VISPYR_HTTP_SERVER: 'upstream' }).upstreamHttpServer, true);
   assert.deepEqual(config.check({ VISPYR_HTTP_SERVER: 'lean' }).problems, []);
   const r = config.check({ VISPYR_HTTP_SERVER: 'fast' });
   assert.equal(r.upstreamHttpServer, false);
   assert.deepEqual(r.problems, ['VISPYR_HTTP_SERVER ignored: "fast" is not one of lean, upstream; using lean']);
+  assert.equal(config.check({ VISPYR_SPAN_EXPORT: 'upstream' }).upstreamSpanExport, true);
+  assert.equal(config.check({ VISPYR_SPAN_EXPORT: 'encoded' }).upstreamSpanExport, false);
+  const e = config.check({ VISPYR_SPAN_EXPORT: 'protobufjs' });
+  assert.equal(e.upstreamSpanExport, false);
+  assert.deepEqual(e.problems, ['VISPYR_SPAN_EXPORT ignored: "protobufjs" is not one of encoded, upstream; using encoded']);
 });
 
 test('k8sAttributes: downward-API variables as k8s.* attributes, blanks ignored', () => {

@@ -1,0 +1,90 @@
+// src/http-server.cjs: the attributes of plain requests, computed without
+// parsing a URL, against upstream's function on the same real requests.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import net from 'node:net';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const { plainRequestAttributes } = require('../src/http-server.cjs');
+const utils = require('@opentelemetry/instrumentation-http/build/src/utils.js');
+
+const diag = { verbose() {}, debug() {}, info() {}, warn() {}, error() {} };
+
+/** Sends raw request heads to a real server; returns what both functions made of each. */
+async function attributesOf(heads) {
+  const seen = [];
+  const server = http.createServer((req, res) => {
+    seen.push({
+      plain: plainRequestAttributes(req, 'http'),
+      upstream: utils.getIncomingRequestAttributes(req, { component: 'http', enableSyntheticSourceDetection: false }, diag),
+    });
+    res.end();
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    for (const head of heads) {
+      await new Promise((resolve, reject) => {
+        const socket = net.connect(server.address().port, '127.0.0.1', () => socket.end(`${head}\r\n\r\n`));
+        socket.on('data', () => {});
+        socket.on('end', resolve);
+        socket.on('error', reject);
+      });
+    }
+  } finally {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
+  assert.equal(seen.length, heads.length, 'every request reached the handler');
+  return seen;
+}
+
+test('plain requests: same attributes as upstream, same order, without parsing a URL', async () => {
+  const heads = [
+    'GET /work HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: autocannon',
+    'GET / HTTP/1.1\r\nHost: example.com',
+    'POST /api/v1/users/42 HTTP/1.1\r\nHost: svc.ns.svc.cluster.local:80\r\nContent-Length: 0',
+    "DELETE /a//b/c-d_e~f!$&'()*+,;=:@%41 HTTP/1.0\r\nHost: my-host",
+    'PATCH /x HTTP/1.1\r\nHost: 10.0.0.1:65535',
+    'HEAD /file.txt HTTP/1.1\r\nHost: EXAMPLE.com.',
+  ];
+  for (const { plain, upstream } of await attributesOf(heads)) {
+    assert.notEqual(plain, null, `${JSON.stringify(upstream)} should be plain`);
+    assert.deepEqual(Object.entries(plain), Object.entries(upstream));
+  }
+});
+
+test('other requests are left to upstream, whose attributes differ or need parsing', async () => {
+  const heads = [
+    'GET /search?q=1 HTTP/1.1\r\nHost: a', // query (redacted by upstream)
+    'GET /a/../b HTTP/1.1\r\nHost: a', // dot segments
+    'GET /a/%2e%2E/b HTTP/1.1\r\nHost: a',
+    'GET /.well-known/x HTTP/1.1\r\nHost: a',
+    'GET //evil/x HTTP/1.1\r\nHost: a', // a host for URL
+    'GET /a|b^c{d} HTTP/1.1\r\nHost: a', // percent-encoded by URL
+    'GET /x HTTP/1.1\r\nHost: 10.0.0.300', // not an address: no url.path upstream
+    'GET /x HTTP/1.1\r\nHost: a:99999', // no such port: no url.path upstream
+    'GET /x HTTP/1.1\r\nHost: [::1]:8080', // IPv6
+    'GET /x HTTP/1.1\r\nHost: a_b', // underscore
+    'GET /x HTTP/1.1\r\nHost: xn--abc', // punycode (this one invalid: no url.path upstream)
+    'GET /x HTTP/1.0', // no Host
+    'GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4',
+    'GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-Host: b:81',
+    'GET /x HTTP/1.1\r\nHost: a\r\nForwarded: for=1.2.3.4;host=b',
+    'PURGE /x HTTP/1.1\r\nHost: a', // normalised to _OTHER upstream
+    'GET * HTTP/1.1\r\nHost: a',
+  ];
+  for (const { plain } of await attributesOf(heads)) assert.equal(plain, null);
+});
+
+test('the request and response emit patches are removed with the instrumentation', () => {
+  const { LeanServerHttpInstrumentation } = require('../src/http-server.cjs');
+  const protos = [http.IncomingMessage.prototype, http.ServerResponse.prototype];
+  const before = protos.map((p) => Object.getOwnPropertyDescriptor(p, 'emit'));
+  const inst = new LeanServerHttpInstrumentation({ enabled: false });
+  inst._incomingRequestFunction('http', () => false);
+  for (const p of protos) assert.ok(Object.hasOwn(p, 'emit'), 'emit patched');
+  inst.disable();
+  assert.deepEqual(protos.map((p) => Object.getOwnPropertyDescriptor(p, 'emit')), before);
+});
