@@ -35,10 +35,6 @@ impl Batch {
         concat_encoded(&self.parts)
     }
 
-    pub fn len(&self) -> usize {
-        self.parts.len()
-    }
-
     /// Tells every part's sender how the call went.
     pub fn answer(self, result: &Result<(), ForwardError>) {
         for answer in self.answers {
@@ -194,7 +190,7 @@ mod tests {
         assert!(pending.push(d, td).is_none());
         // A call returns: the waiting parts go in one call, in order.
         let batch = pending.returned().unwrap();
-        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.parts.len(), 2);
         assert_eq!(batch.body(), [3, 3, 3, 4, 4, 4, 4][..]);
         assert!(pending.returned().is_none());
         assert!(pending.returned().is_none());
