@@ -585,6 +585,7 @@ impl System {
         for w in workers {
             w.await.expect("a load worker");
         }
+        self.settle().await;
         self.acknowledged
             .fetch_add(ok.load(Ordering::Relaxed), Ordering::Relaxed);
         let cpu_seconds = cpu.max(f64::EPSILON);
@@ -596,6 +597,23 @@ impl System {
             exported_per_core: exported as f64 / cpu_seconds,
             errors: errors.load(Ordering::Relaxed),
             first_error: first_error.get().cloned(),
+        }
+    }
+
+    /// Waits until the system's sink has received nothing for a second (at
+    /// most `SETTLE`): a system still working off a backlog after its run
+    /// (the Collector's queues, full at 32 in flight) would otherwise take
+    /// CPU from the next system's window.
+    async fn settle(&self) {
+        let deadline = Instant::now() + SETTLE;
+        let mut last = self.sink_spans.load(Ordering::Relaxed);
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.sink_spans.load(Ordering::Relaxed);
+            if now == last {
+                return;
+            }
+            last = now;
         }
     }
 

@@ -80,7 +80,14 @@ impl Pending {
     }
 
     fn next(&mut self) -> Option<Batch> {
-        if self.in_flight >= self.max_in_flight || self.parts.is_empty() {
+        if self.in_flight >= self.max_in_flight {
+            return None;
+        }
+        // A sender that stopped waiting (timed out behind a slow call, or
+        // its client went away) told its client to retry: sending its part
+        // now would only deliver it twice.
+        self.parts.retain(|(_, answer)| !answer.is_closed());
+        if self.parts.is_empty() {
             return None;
         }
         let mut bytes = 0;
@@ -212,6 +219,25 @@ mod tests {
         assert_eq!(sizes(pending.returned().unwrap()), [2, 3]);
         assert_eq!(sizes(pending.returned().unwrap()), [1]);
         assert!(pending.parts.is_empty());
+    }
+
+    #[test]
+    fn parts_whose_sender_stopped_waiting_are_not_sent() {
+        let mut pending = Pending::new(100, 1);
+        pending.in_flight = 1;
+        let (a, ra, ta) = part(1);
+        let (b, _rb, tb) = part(2);
+        pending.push(a, ta);
+        pending.push(b, tb);
+        drop(ra);
+        let batch = pending.returned().unwrap();
+        assert_eq!(batch.body(), [2, 2][..]);
+        // Nobody waits any more: no call at all.
+        let (c, rc, tc) = part(3);
+        assert!(pending.push(c, tc).is_none());
+        drop(rc);
+        assert!(pending.returned().is_none());
+        assert_eq!(pending.in_flight, 0);
     }
 
     #[tokio::test]
