@@ -5,10 +5,7 @@
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +14,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::TracesExporter;
-use crate::otlp::retryable;
+use crate::otlp::{concat_encoded, retryable};
 use crate::queue::{ExporterMetrics, Queue};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +27,10 @@ pub enum ExporterError {
     },
 }
 
-/// Client requests waiting for the traces exporter, weighed in spans.
-pub type TraceQueue = Queue<Vec<ResourceSpans>>;
+/// Client requests (or their parts) waiting for the traces exporter,
+/// encoded, weighed in spans: a batch is their concatenation, and spans
+/// forwarded by another member are sent on as they came.
+pub type TraceQueue = Queue<Bytes>;
 
 pub struct TraceExporter {
     client: tonic::client::Grpc<Channel>,
@@ -72,8 +71,7 @@ impl TraceExporter {
             let Some((spans, batch, settle)) = next else {
                 break;
             };
-            let resource_spans = batch.into_iter().flatten().collect();
-            let settled = self.send(spans, resource_spans, &abort).await;
+            let settled = self.send(spans, concat_encoded(&batch), &abort).await;
             queue.release(spans);
             settle.settle(settled);
         }
@@ -85,15 +83,7 @@ impl TraceExporter {
 
     /// Sends one batch, retrying retryable failures; counts the outcome.
     /// `false` when it was given up while the error was still retryable.
-    async fn send(
-        &mut self,
-        spans: u64,
-        resource_spans: Vec<ResourceSpans>,
-        abort: &CancellationToken,
-    ) -> bool {
-        // Encoded once: a retry resends these bytes instead of a deep copy of
-        // the batch.
-        let request = Bytes::from(ExportTraceServiceRequest { resource_spans }.encode_to_vec());
+    async fn send(&mut self, spans: u64, request: Bytes, abort: &CancellationToken) -> bool {
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let started = Instant::now();
         let max_elapsed = Duration::from_millis(self.config.retry_max_elapsed_ms);

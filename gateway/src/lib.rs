@@ -17,6 +17,7 @@ pub mod queue;
 pub mod remote_write;
 pub mod ring;
 pub mod spanmetrics;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,7 +82,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BoxE
         }
     };
     let ring = match config.ring.enabled() {
-        true => Some(Ring::start(&config.ring, metrics.ring.clone()).await?),
+        // The ring service takes twice that (see below): a coalesced
+        // forward stays within it.
+        true => {
+            Some(Ring::start(&config.ring, config.max_request_bytes, metrics.ring.clone()).await?)
+        }
         false => None,
     };
     let metrics_config = &config.exporters.metrics;

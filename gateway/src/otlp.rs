@@ -173,6 +173,21 @@ pub fn span_count(rs: &[opentelemetry_proto::tonic::trace::v1::ResourceSpans]) -
 /// Decodes a request message, as both receivers get it (an OTLP/HTTP
 /// protobuf body, a gRPC message); a malformed one is refused with prost's
 /// reason.
+/// Encoded export requests one after the other: the encoding of one
+/// request with all their items, as a message is its repeated top-level
+/// field (`resource_spans`, ...). How batches are made without encoding
+/// anything again.
+pub fn concat_encoded(parts: &[Bytes]) -> Bytes {
+    if let [only] = parts {
+        return only.clone();
+    }
+    let mut all = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for part in parts {
+        all.extend_from_slice(part);
+    }
+    all.freeze()
+}
+
 pub fn decode_protobuf<S: Signal>(bytes: impl bytes::Buf) -> Result<S::Request, Refusal> {
     S::Request::decode(bytes).map_err(|e| Refusal::Malformed(format!("invalid protobuf: {e}")))
 }

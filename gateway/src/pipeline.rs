@@ -32,12 +32,13 @@ use crate::otlp::{Refusal, Routed, Signal, retain_valid_spans, span_count};
 use crate::profiles::ProfileQueue;
 use crate::remote_write::{SeriesQueue, TimeSeries, convert};
 use crate::ring::{ForwardError, Ring, split::split};
+use crate::wire;
 
 /// Sees the spans this member owns, once each, as they are accepted for
 /// export (before any sampling): where span metrics are computed. Called
 /// on the request path, so it must be quick.
 pub trait SpanObserver: Send + Sync + 'static {
-    fn observe(&self, spans: &ExportTraceServiceRequest);
+    fn observe(&self, spans: &[wire::Resource<'_>]);
 }
 
 /// Takes the body of a `/vispyr.ring.v1.Ring/Deltas` call from another
@@ -150,7 +151,10 @@ impl Pipeline {
             return Ok(());
         }
         let Some(ring) = &self.ring else {
-            return self.own(request, false).await;
+            return self
+                .own(Bytes::from(request.encode_to_vec()), false)
+                .await
+                .map(drop);
         };
         let timeout = ring.forward_timeout();
         let deadline = Instant::now() + timeout;
@@ -173,8 +177,7 @@ impl Pipeline {
             // Local first: if this member's queue is full, nothing is
             // forwarded that the client's retry would send again.
             if !local.resource_spans.is_empty() {
-                let spans = span_count(&local.resource_spans);
-                self.own(local, false).await?;
+                let spans = self.own(Bytes::from(local.encode_to_vec()), false).await?;
                 self.routed("local", spans);
             }
             if remote.is_empty() {
@@ -220,42 +223,49 @@ impl Pipeline {
         }
     }
 
-    /// Spans this member owns: observed, then queued for export. With
-    /// `settled`, returns only once the exporter is done with them.
-    async fn own(&self, request: ExportTraceServiceRequest, settled: bool) -> Result<(), Refusal> {
-        let spans = span_count(&request.resource_spans);
-        let Some(queue) = &self.traces else {
-            self.observe(&request);
-            self.not_exported("traces", spans);
-            return Ok(());
+    /// Spans this member owns, encoded (an `ExportTraceServiceRequest`):
+    /// observed, then queued for export as they are. With `settled`,
+    /// returns only once the exporter is done with them. `Ok` says how many
+    /// spans they were.
+    async fn own(&self, encoded: Bytes, settled: bool) -> Result<u64, Refusal> {
+        let reservation = {
+            let resources = wire::resources(&encoded)
+                .map_err(|e| Refusal::Malformed(format!("invalid protobuf: {e}")))?;
+            let spans = wire::span_count(&resources);
+            let Some(queue) = &self.traces else {
+                self.observe(&resources);
+                self.not_exported("traces", spans);
+                return Ok(spans);
+            };
+            let reservation = queue.reserve(spans)?;
+            // After the reservation: a refused request is not observed, so
+            // the client's retry is not counted twice.
+            self.observe(&resources);
+            reservation
         };
-        let reservation = queue.reserve(spans)?;
-        // After the reservation: a refused request is not observed, so the
-        // client's retry is not counted twice.
-        self.observe(&request);
+        let spans = reservation.weight();
         if !settled {
-            reservation.push(request.resource_spans);
-            return Ok(());
+            reservation.push(encoded);
+            return Ok(spans);
         }
-        match reservation.push_settled(request.resource_spans).await {
-            Ok(true) => Ok(()),
+        match reservation.push_settled(encoded).await {
+            Ok(true) => Ok(spans),
             Ok(false) | Err(_) => Err(Refusal::NotExported),
         }
     }
 
-    fn observe(&self, request: &ExportTraceServiceRequest) {
+    fn observe(&self, resources: &[wire::Resource<'_>]) {
         for observer in &self.observers {
-            observer.observe(request);
+            observer.observe(resources);
         }
     }
 
     /// Spans another member forwarded: this member owns them. Answered once
-    /// they are exported (or refused for good by the backend).
+    /// they are exported (or refused for good by the backend). They are
+    /// read without a copy and exported as they came: the forwarder encoded
+    /// them from a request it decoded and checked.
     pub async fn accept_forwarded(&self, body: Bytes) -> Result<(), tonic::Status> {
-        let request = ExportTraceServiceRequest::decode(body)
-            .map_err(|e| tonic::Status::invalid_argument(format!("invalid protobuf: {e}")))?;
-        let spans = span_count(&request.resource_spans);
-        self.own(request, true).await.map_err(|r| r.to_grpc())?;
+        let spans = self.own(body, true).await.map_err(|r| r.to_grpc())?;
         self.metrics.ring.received_spans.inc_by(spans);
         Ok(())
     }

@@ -80,6 +80,11 @@ pub struct Reservation<'a, T> {
 }
 
 impl<T> Reservation<'_, T> {
+    /// The items it holds room for.
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+
     /// Queues `item`: from here on it is the exporter's responsibility.
     pub fn push(self, item: T) {
         self.queue_entry(item, None);

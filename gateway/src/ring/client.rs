@@ -9,6 +9,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::RingError;
+use super::coalesce::Coalescer;
 use crate::exporter::PreEncoded;
 
 /// The ring service every member serves on `ring.addr`; each method takes
@@ -29,6 +30,8 @@ pub const PING: &str = "/vispyr.ring.v1.Ring/Ping";
 pub struct Peer {
     addr: Arc<str>,
     client: tonic::client::Grpc<Channel>,
+    /// Its forwards of spans, coalesced.
+    spans: Arc<Coalescer>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -38,7 +41,13 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
-    pub fn new(addr: Arc<str>, connect_timeout: Duration) -> Result<Peer, RingError> {
+    /// `max_forward_bytes`: spans forwarded to it in one call at most (one
+    /// larger part still goes, alone).
+    pub fn new(
+        addr: Arc<str>,
+        connect_timeout: Duration,
+        max_forward_bytes: usize,
+    ) -> Result<Peer, RingError> {
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|source| RingError::Address {
                 addr: addr.to_string(),
@@ -52,7 +61,12 @@ impl Peer {
             client: tonic::client::Grpc::new(channel)
                 .max_decoding_message_size(1 << 20)
                 .max_encoding_message_size(usize::MAX),
+            spans: Arc::new(Coalescer::new(max_forward_bytes)),
         })
+    }
+
+    pub fn spans(&self) -> &Arc<Coalescer> {
+        &self.spans
     }
 
     pub fn addr(&self) -> &Arc<str> {
@@ -93,7 +107,7 @@ impl Peer {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ForwardError {
     /// The member is gone or leaving: take it out of the ring and send
     /// what it owned to the new owners.

@@ -17,6 +17,7 @@
 //! answers, so the ring only holds members that were reachable.
 
 pub mod client;
+pub mod coalesce;
 pub mod hashing;
 pub mod membership;
 pub mod server;
@@ -83,14 +84,18 @@ pub struct Ring {
     peers: Mutex<HashMap<Arc<str>, Peer>>,
     probing: Mutex<HashSet<Arc<str>>>,
     config: config::Ring,
+    max_forward_bytes: usize,
     stop: CancellationToken,
 }
 
 impl Ring {
     /// Checks the config and starts the membership source (a watch of the
     /// Service's EndpointSlices, or probes of the static peers).
+    /// `max_forward_bytes`: the spans forwarded to a member in one call, at
+    /// most (coalesced parts of client requests; one larger part goes alone).
     pub async fn start(
         config: &config::Ring,
+        max_forward_bytes: usize,
         metrics: RingMetrics,
     ) -> Result<Arc<Ring>, RingError> {
         if !config.peers.is_empty() && config.service.is_some() {
@@ -110,6 +115,7 @@ impl Ring {
             peers: Mutex::new(HashMap::new()),
             probing: Mutex::new(HashSet::new()),
             config: config.clone(),
+            max_forward_bytes,
             stop: CancellationToken::new(),
         });
         tokio::spawn(ring.clone().heartbeat());
@@ -175,7 +181,8 @@ impl Ring {
             .or_insert_with(|| {
                 // Members come from the config (checked at start) or from
                 // EndpointSlice IPs, so the address is valid.
-                Peer::new(addr.clone(), self.connect_timeout()).expect("member addresses are valid")
+                Peer::new(addr.clone(), self.connect_timeout(), self.max_forward_bytes)
+                    .expect("member addresses are valid")
             })
             .clone()
     }
@@ -189,14 +196,21 @@ impl Ring {
         Duration::from_millis(self.config.connect_timeout_ms)
     }
 
-    /// Sends spans `peer` owns (an encoded `ExportTraceServiceRequest`);
-    /// `Ok` once the owner exported them.
+    /// Sends spans `peer` owns (an encoded `ExportTraceServiceRequest`),
+    /// in one call with the other spans waiting for it; `Ok` once the owner
+    /// exported them.
     pub async fn forward_spans(
         self: &Arc<Self>,
         peer: &Peer,
         body: Bytes,
     ) -> Result<(), ForwardError> {
-        self.checked(peer.call(client::SPANS, body, self.forward_timeout()).await)
+        let timeout = self.forward_timeout();
+        let (ring, callee) = (self.clone(), peer.clone());
+        let send = move |batch| {
+            let (ring, callee) = (ring.clone(), callee.clone());
+            async move { ring.checked(callee.call(client::SPANS, batch, timeout).await) }
+        };
+        peer.spans().forward(peer.addr(), body, timeout, send).await
     }
 
     /// Sends series deltas (opaque bytes for the owner's deltas handler).

@@ -137,7 +137,9 @@ mod tests {
             peers: vec![addr.to_string()],
             ..Default::default()
         };
-        let ring = Ring::start(&config, Default::default()).await.unwrap();
+        let ring = Ring::start(&config, 1 << 20, Default::default())
+            .await
+            .unwrap();
         let recorder = Arc::new(Recorder::default());
         let pipeline = Pipeline::new(Metrics::default(), None)
             .with_ring(ring.clone())

@@ -6,6 +6,13 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
 
+/// The maps of series and of service graph halves: keyed by label values
+/// and span IDs from clients, so a hasher seeded per process (not SipHash:
+/// a few % of the CPU per span) is enough, as their size is bounded anyway
+/// (`max_series`, `max_pending_edges`) and a crafted collision costs the
+/// sender its own series, no memory.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use bytes::Bytes;
 use prost::Message;
 
@@ -184,7 +191,7 @@ pub struct Entry {
 /// Series and their counts, at most `max` series per family; beyond, counts
 /// go to the family's overflow series.
 pub struct SeriesMap {
-    map: HashMap<SeriesKey, Entry>,
+    map: FastMap<SeriesKey, Entry>,
     per_family: [usize; 2],
     max: usize,
 }
@@ -192,7 +199,7 @@ pub struct SeriesMap {
 impl SeriesMap {
     pub fn new(max: usize) -> Self {
         SeriesMap {
-            map: HashMap::new(),
+            map: FastMap::default(),
             per_family: [0; 2],
             max,
         }

@@ -18,6 +18,7 @@ pub mod delta;
 mod render;
 pub mod servicegraph;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -25,9 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family as MetricFamily;
@@ -37,14 +36,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use vispyr_common::app::BoxError;
 
-use delta::SeriesMap;
 pub use delta::{Buckets, DeltaError, Family, SeriesKey, Value};
+use delta::{FastMap, SeriesMap};
 use servicegraph::{Edge, EdgeStore, Half, Side, Upsert, Waiting};
 
 use crate::config::SpanMetrics as Config;
 use crate::otlp::Refusal;
 use crate::pipeline::{DeltasHandler, SpanObserver};
-use crate::remote_write::{SeriesQueue, TimeSeries, convert::value_string};
+use crate::remote_write::{SeriesQueue, TimeSeries};
+use crate::wire::{Attributes, Resource, Span};
 
 /// Who holds the cumulative state of a series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -393,7 +393,7 @@ impl Generator {
             } else {
                 let mut deltas = self.lock_deltas();
                 for (key, value) in series {
-                    self.add(&mut deltas, key, |v| v.merge(&value));
+                    self.add(&mut deltas, key, 1, |v| v.merge(&value));
                 }
             }
         }
@@ -464,27 +464,35 @@ impl Generator {
             entry.updated_ms = now;
             entry.written |= continued;
             if overflowed {
-                self.overflowed(family, "owner");
+                self.overflowed(family, "owner", 1);
             }
         }
     }
 
-    fn overflowed(&self, family: Family, stage: &'static str) {
+    /// `updates`: of the series (spans or edges) that went to the overflow.
+    fn overflowed(&self, family: Family, stage: &'static str, updates: u64) {
         self.metrics
             .overflow
             .get_or_create(&OverflowLabels {
                 family: family.name(),
                 stage,
             })
-            .inc();
+            .inc_by(updates);
     }
 
-    fn add(&self, deltas: &mut SeriesMap, key: SeriesKey, update: impl FnOnce(&mut Value)) {
+    /// Applies `update`, worth `updates` spans or edges, to `key`'s delta.
+    fn add(
+        &self,
+        deltas: &mut SeriesMap,
+        key: SeriesKey,
+        updates: u64,
+        update: impl FnOnce(&mut Value),
+    ) {
         let family = key.family;
         let (entry, overflowed) = deltas.entry(key, &self.buckets);
         update(&mut entry.value);
         if overflowed {
-            self.overflowed(family, "delta");
+            self.overflowed(family, "delta", updates);
         }
     }
 
@@ -495,7 +503,7 @@ impl Generator {
                 family: Family::ServiceGraph,
                 labels: vec![edge.client, edge.server, edge.connection_type.into()],
             };
-            self.add(deltas, key, |v| {
+            self.add(deltas, key, 1, |v| {
                 v.counters[0] += 1;
                 v.counters[1] += u64::from(edge.failed);
                 v.histograms[0].observe(bounds, edge.server_seconds);
@@ -517,22 +525,6 @@ impl Generator {
     }
 }
 
-fn attribute<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a KeyValue> {
-    attrs.iter().find(|kv| kv.key == key)
-}
-
-fn string_attribute(attrs: &[KeyValue], key: &str) -> Option<String> {
-    attribute(attrs, key)
-        .map(|kv| value_string(kv.value.as_ref()))
-        .filter(|v| !v.is_empty())
-}
-
-fn seconds(span: &Span) -> f64 {
-    span.end_time_unix_nano
-        .saturating_sub(span.start_time_unix_nano) as f64
-        / 1e9
-}
-
 /// The name Tempo gives an enum value: its proto name, or the number.
 fn kind_name(kind: i32) -> String {
     SpanKind::try_from(kind)
@@ -540,80 +532,75 @@ fn kind_name(kind: i32) -> String {
         .unwrap_or_else(|_| kind.to_string())
 }
 
-fn status_name(span: &Span) -> String {
-    let code = span.status.as_ref().map_or(0, |s| s.code);
+fn status_name(code: i32) -> String {
     StatusCode::try_from(code)
         .map(|c| c.as_str_name().to_owned())
         .unwrap_or_else(|_| code.to_string())
 }
 
 /// A database call names its server itself (Tempo's precedence).
-fn database_server(resource: &[KeyValue], span: &Span) -> Option<String> {
-    let find =
-        |key| string_attribute(&span.attributes, key).or_else(|| string_attribute(resource, key));
+fn database_server(resource: &Attributes<'_>, span: &Span<'_>) -> Option<String> {
+    let find = |key| span.attributes.string(key).or_else(|| resource.string(key));
     let db_name = find("db.name");
     if db_name.is_none() && find("db.system").is_none() {
         return None;
     }
-    find("peer.service")
+    let server = find("peer.service")
         .or_else(|| find("server.address"))
         .or_else(|| {
             let host = find("network.peer.address")?;
             Some(match find("network.peer.port") {
-                Some(port) => format!("{host}:{port}"),
+                Some(port) => format!("{host}:{port}").into(),
                 None => host,
             })
         })
-        .or(db_name)
+        .or(db_name)?;
+    Some(server.into_owned())
 }
 
 /// The name a client span gives the service it calls, for an edge whose
 /// server never reports.
-fn peer_name(span: &Span) -> Option<String> {
+fn peer_name(span: &Span<'_>) -> Option<String> {
     ["peer.service", "db.name", "db.system"]
         .into_iter()
-        .find_map(|key| string_attribute(&span.attributes, key))
+        .find_map(|key| span.attributes.string(key))
+        .map(Cow::into_owned)
 }
 
 impl SpanObserver for Generator {
-    fn observe(&self, request: &ExportTraceServiceRequest) {
+    fn observe(&self, resources: &[Resource<'_>]) {
         let now = Instant::now();
         let mut edges = Vec::new();
         let mut spans = 0;
+        let services: Vec<Option<Cow<'_, str>>> = resources
+            .iter()
+            .map(|r| r.attributes.string("service.name"))
+            .collect();
         {
             let mut store = self.lock_edges();
-            for rs in &request.resource_spans {
-                let resource = rs
-                    .resource
-                    .as_ref()
-                    .map(|r| r.attributes.as_slice())
-                    .unwrap_or_default();
-                let service = string_attribute(resource, "service.name");
+            for (resource, service) in resources.iter().zip(&services) {
                 let Some(service) = service else {
                     // Tempo leaves spans of unnamed services out of the graph.
                     continue;
                 };
-                for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                for span in &resource.spans {
                     let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
                     let half = || Half {
-                        service: service.clone(),
-                        seconds: seconds(span),
-                        failed: span
-                            .status
-                            .as_ref()
-                            .is_some_and(|s| s.code == StatusCode::Error as i32),
+                        service: service.as_ref().to_owned(),
+                        seconds: span.seconds(),
+                        failed: span.status_code == StatusCode::Error as i32,
                         messaging: matches!(kind, SpanKind::Producer | SpanKind::Consumer),
                     };
                     let (Ok(trace), Ok(id), parent) = (
-                        <[u8; 16]>::try_from(span.trace_id.as_slice()),
-                        <[u8; 8]>::try_from(span.span_id.as_slice()),
-                        <[u8; 8]>::try_from(span.parent_span_id.as_slice()).ok(),
+                        <[u8; 16]>::try_from(span.trace_id),
+                        <[u8; 8]>::try_from(span.span_id),
+                        <[u8; 8]>::try_from(span.parent_span_id).ok(),
                     ) else {
                         continue;
                     };
                     let upsert = match kind {
                         SpanKind::Client | SpanKind::Producer => {
-                            if let Some(server) = database_server(resource, span) {
+                            if let Some(server) = database_server(&resource.attributes, span) {
                                 let h = half();
                                 edges.push(Edge {
                                     client: h.service,
@@ -651,31 +638,35 @@ impl SpanObserver for Generator {
                 }
             }
         }
+        // Per request first, keyed by borrowed label values: a request holds
+        // many spans of few series, so the shared deltas (and their lock)
+        // see each series once, and only then is its key made.
         let bounds = &self.buckets.span_metrics;
-        let mut deltas = self.lock_deltas();
-        for rs in &request.resource_spans {
-            let resource = rs
-                .resource
-                .as_ref()
-                .map(|r| r.attributes.as_slice())
-                .unwrap_or_default();
-            let service = string_attribute(resource, "service.name").unwrap_or_default();
-            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+        let mut series: FastMap<(&str, &str, i32, i32), Value> = FastMap::default();
+        for (resource, service) in resources.iter().zip(&services) {
+            let service = service.as_deref().unwrap_or_default();
+            for span in &resource.spans {
                 spans += 1;
-                let key = SeriesKey {
-                    family: Family::SpanMetrics,
-                    labels: vec![
-                        service.clone(),
-                        span.name.clone(),
-                        kind_name(span.kind),
-                        status_name(span),
-                    ],
-                };
-                self.add(&mut deltas, key, |v| {
-                    v.counters[0] += 1;
-                    v.histograms[0].observe(bounds, seconds(span));
-                });
+                let value = series
+                    .entry((service, span.name, span.kind, span.status_code))
+                    .or_insert_with(|| Value::zero(Family::SpanMetrics, &self.buckets));
+                value.counters[0] += 1;
+                value.histograms[0].observe(bounds, span.seconds());
             }
+        }
+        let mut deltas = self.lock_deltas();
+        for ((service, name, kind, status), value) in series {
+            let key = SeriesKey {
+                family: Family::SpanMetrics,
+                labels: vec![
+                    service.to_owned(),
+                    name.to_owned(),
+                    kind_name(kind),
+                    status_name(status),
+                ],
+            };
+            let spans = value.counters[0];
+            self.add(&mut deltas, key, spans, |v| v.merge(&value));
         }
         self.add_edges(&mut deltas, edges);
         self.metrics.spans.inc_by(spans);

@@ -4,10 +4,12 @@
 //! up to `wait` for each other; an unpaired half then expires (counted), and
 //! becomes a "virtual node" edge when there is a name for the other side.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::delta::FastMap;
 
 /// Trace ID and the client span's ID.
 pub type EdgeId = ([u8; 16], [u8; 8]);
@@ -74,7 +76,7 @@ pub enum Upsert {
 }
 
 pub struct EdgeStore {
-    pending: HashMap<EdgeId, Pending>,
+    pending: FastMap<EdgeId, Pending>,
     /// Insertion order, for expiry; entries already paired are skipped.
     order: VecDeque<(Instant, EdgeId)>,
     wait: Duration,
@@ -84,7 +86,7 @@ pub struct EdgeStore {
 impl EdgeStore {
     pub fn new(wait: Duration, max: usize) -> Self {
         EdgeStore {
-            pending: HashMap::new(),
+            pending: FastMap::default(),
             order: VecDeque::new(),
             wait,
             max,

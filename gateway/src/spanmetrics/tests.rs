@@ -1,11 +1,19 @@
 use std::collections::BTreeMap;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
 
 use super::*;
 use crate::queue::{ExporterMetrics, Queue};
+
+/// As the pipeline hands spans over: encoded, read in place.
+fn observe(generator: &Generator, request: &ExportTraceServiceRequest) {
+    let encoded = request.encode_to_vec();
+    generator.observe(&crate::wire::resources(&encoded).unwrap());
+}
 
 fn config() -> Config {
     Config {
@@ -122,27 +130,33 @@ async fn spans_become_tempo_span_metrics_and_service_graph_edges() {
     failed.error = true;
     let mut db = span("api", 4, Some(3), SpanKind::Client);
     db.attrs = vec![kv("db.system", "postgresql"), kv("db.name", "orders")];
-    generator.observe(&request(
-        1,
-        vec![
-            span("web", 1, None, SpanKind::Server),
-            span("web", 2, Some(1), SpanKind::Client),
-        ],
-    ));
+    observe(
+        &generator,
+        &request(
+            1,
+            vec![
+                span("web", 1, None, SpanKind::Server),
+                span("web", 2, Some(1), SpanKind::Client),
+            ],
+        ),
+    );
     // The server half arrives in a later request: it still pairs.
-    generator.observe(&request(1, vec![failed, db]));
+    observe(&generator, &request(1, vec![failed, db]));
     // A producer and its consumer; and a client whose server never reports.
     let mut lonely = span("web", 7, None, SpanKind::Client);
     lonely.attrs = vec![kv("peer.service", "stripe")];
-    generator.observe(&request(
-        2,
-        vec![
-            span("orders", 5, None, SpanKind::Producer),
-            span("mailer", 6, Some(5), SpanKind::Consumer),
-            span("web", 8, None, SpanKind::Internal),
-            lonely,
-        ],
-    ));
+    observe(
+        &generator,
+        &request(
+            2,
+            vec![
+                span("orders", 5, None, SpanKind::Producer),
+                span("mailer", 6, Some(5), SpanKind::Consumer),
+                span("web", 8, None, SpanKind::Internal),
+                lonely,
+            ],
+        ),
+    );
     generator.flush(Instant::now()).await;
     let w = written(&queue).await;
 
@@ -292,8 +306,14 @@ async fn only_the_owner_writes_a_series_with_every_member_counts() {
         Default::default(),
     )
     .unwrap();
-    a.observe(&request(1, vec![span("web", 1, None, SpanKind::Server)]));
-    b.observe(&request(2, vec![span("web", 1, None, SpanKind::Server)]));
+    observe(
+        &a,
+        &request(1, vec![span("web", 1, None, SpanKind::Server)]),
+    );
+    observe(
+        &b,
+        &request(2, vec![span("web", 1, None, SpanKind::Server)]),
+    );
     a.flush(Instant::now()).await;
     b.flush(Instant::now()).await;
     assert!(
@@ -342,10 +362,13 @@ async fn series_beyond_max_series_are_counted_into_the_overflow_series() {
     .unwrap();
     let services = ["a", "b", "c", "d", "e"];
     for (i, service) in services.into_iter().enumerate() {
-        generator.observe(&request(
-            i as u8 + 1,
-            vec![span(service, 1, None, SpanKind::Internal)],
-        ));
+        observe(
+            &generator,
+            &request(
+                i as u8 + 1,
+                vec![span(service, 1, None, SpanKind::Internal)],
+            ),
+        );
     }
     generator.flush(Instant::now()).await;
     let w = written(&queue).await;
@@ -474,10 +497,10 @@ async fn a_series_whose_owner_changes_is_handed_over_whole() {
         )
     };
     for trace in 1..=3 {
-        a.observe(&request(
-            trace,
-            vec![span("web", 1, None, SpanKind::Internal)],
-        ));
+        observe(
+            &a,
+            &request(trace, vec![span("web", 1, None, SpanKind::Internal)]),
+        );
     }
     a.flush(Instant::now()).await;
     assert_eq!(calls(&written(&queue_a).await), Some(3.0));
@@ -485,7 +508,10 @@ async fn a_series_whose_owner_changes_is_handed_over_whole() {
     router
         .moved
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    a.observe(&request(4, vec![span("web", 1, None, SpanKind::Internal)]));
+    observe(
+        &a,
+        &request(4, vec![span("web", 1, None, SpanKind::Internal)]),
+    );
     a.flush(Instant::now()).await;
     b.flush(Instant::now()).await;
     assert!(written(&queue_a).await.is_empty(), "a no longer writes it");
@@ -514,7 +540,7 @@ async fn a_large_write_is_queued_in_chunks_and_every_series_is_written() {
         name: format!("op-{i}"),
         ..one.clone()
     }));
-    generator.observe(&many);
+    observe(&generator, &many);
     generator.flush(Instant::now()).await;
     // 1000 series of 6 series each (calls, 3 buckets, sum, count), 2 samples
     // each the first time: 12000 samples, in chunks of at most about 5000.
@@ -552,14 +578,20 @@ async fn a_leaving_member_hands_waiting_edge_halves_to_the_traces_new_owner() {
     let a = Arc::new(Generator::new(&config(), router.clone(), None, Default::default()).unwrap());
     // The client half reaches `a`, which owns the trace; then `a` leaves
     // and the server half reaches `b`, the trace's new owner.
-    a.observe(&request(7, vec![span("web", 1, None, SpanKind::Client)]));
+    observe(
+        &a,
+        &request(7, vec![span("web", 1, None, SpanKind::Client)]),
+    );
     router
         .moved
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let stop = CancellationToken::new();
     stop.cancel();
     a.clone().run(stop).await;
-    b.observe(&request(7, vec![span("api", 2, Some(1), SpanKind::Server)]));
+    observe(
+        &b,
+        &request(7, vec![span("api", 2, Some(1), SpanKind::Server)]),
+    );
     b.flush(Instant::now()).await;
     let edge = value(
         &written(&queue_b).await,
