@@ -236,10 +236,10 @@ class EncodingSpanProcessor {
  * SDK then builds its own processors from the same variables).
  */
 function fromEnv() {
-  const env = process.env;
-  const exporters = listFromEnv(env, 'OTEL_TRACES_EXPORTER').filter((s) => s !== 'null');
+  // Read as the SDK reads them, so both agree on which path is taken.
+  const exporters = (core.getStringListFromEnv('OTEL_TRACES_EXPORTER') || []).filter((s) => s !== 'null');
   if (exporters.length > 0 && !(exporters.length === 1 && exporters[0] === 'otlp')) return null;
-  const protocol = stringFromEnv(env, 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL') ?? stringFromEnv(env, 'OTEL_EXPORTER_OTLP_PROTOCOL') ?? 'http/protobuf';
+  const protocol = (core.getStringFromEnv('OTEL_EXPORTER_OTLP_TRACES_PROTOCOL') ?? core.getStringFromEnv('OTEL_EXPORTER_OTLP_PROTOCOL') ?? 'http/protobuf').trim();
   if (protocol !== 'http/protobuf') return null;
   return new EncodingSpanProcessor({
     maxQueueSize: positiveFromEnv('OTEL_BSP_MAX_QUEUE_SIZE'),
@@ -247,15 +247,6 @@ function fromEnv() {
     scheduledDelayMillis: positiveFromEnv('OTEL_BSP_SCHEDULE_DELAY'),
     exportTimeoutMillis: positiveFromEnv('OTEL_BSP_EXPORT_TIMEOUT'),
   });
-}
-
-function stringFromEnv(env, name) {
-  const v = env[name];
-  return typeof v === 'string' && v.trim() !== '' ? v.trim() : undefined;
-}
-
-function listFromEnv(env, name) {
-  return (stringFromEnv(env, name) || '').split(',').map((s) => s.trim()).filter(Boolean);
 }
 
 // As the SDK reads the OTEL_BSP_* variables (getNonNegativeNumberFromEnv of

@@ -96,7 +96,7 @@ function isOtlpRequest(targets) {
  * with the name "fastify". Returns a problem sentence, or null.
  */
 function addFastify(instrumentations) {
-  const list = (name) => (envValue(name) || '').split(',').map((s) => s.trim()).filter(Boolean);
+  const list = (name) => require('@opentelemetry/core').getStringListFromEnv(name) || [];
   const enabled = list('OTEL_NODE_ENABLED_INSTRUMENTATIONS');
   if (list('OTEL_NODE_DISABLED_INSTRUMENTATIONS').includes('fastify')) return null;
   if (enabled.length > 0 && !enabled.includes('fastify')) return null;
