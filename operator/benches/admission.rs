@@ -116,6 +116,8 @@ async fn create_latency() {
     let (mut with, mut called, mut without, mut shaped) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let pp = PostParams::default();
+    let collections_before = apiserver_gc_cycles(&client).await;
+    let answered_before = answer_time_buckets(operator.admin).await;
     for _ in 0..CREATES {
         let t = Instant::now();
         let pod = hooked.create(&pp, &annotated).await.unwrap();
@@ -134,6 +136,13 @@ async fn create_latency() {
         plain.create(&pp, &injected_shape).await.unwrap();
         shaped.push(t.elapsed());
     }
+    let collections = apiserver_gc_cycles(&client).await - collections_before;
+    let answered: Vec<(f64, u64)> = answer_time_buckets(operator.admin)
+        .await
+        .into_iter()
+        .zip(answered_before)
+        .map(|((le, after), (_, before))| (le, after - before))
+        .collect();
     operator.stop().await;
 
     let rows = [
@@ -148,6 +157,22 @@ async fn create_latency() {
             percentiles(&mut shaped),
         ),
     ];
+    println!(
+        "kube-apiserver garbage collections during the creates: {collections} (one per {:.0} creates)",
+        (4 * CREATES) as f64 / collections.max(1) as f64
+    );
+    let total = answered.last().map_or(0, |&(_, n)| n);
+    let bound = |q: f64| {
+        answered
+            .iter()
+            .find(|&&(_, n)| n as f64 >= q * total as f64)
+            .map_or(f64::INFINITY, |&(le, _)| le * 1e3)
+    };
+    println!(
+        "the webhook's own answer time ({total} reviews): p50 <= {:.2} ms, p99 <= {:.2} ms",
+        bound(0.50),
+        bound(0.99)
+    );
     let (b50, b99) = rows[0].1;
     println!("pod create through kube-apiserver ({CREATES} each, interleaved):");
     for (what, (p50, p99)) in rows {
@@ -173,6 +198,42 @@ async fn injected_shape(pod: &Pod, cluster: &TestCluster) -> Pod {
     let mut value = serde_json::to_value(pod).unwrap();
     json_patch::patch(&mut value, &injection.patch).unwrap();
     serde_json::from_value(value).unwrap()
+}
+
+/// Completed GC cycles of the apiserver: a create's tail is often the
+/// collector's, and a bigger request allocates more.
+async fn apiserver_gc_cycles(client: &kube::Client) -> u64 {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .expect("the apiserver serves /metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("go_gc_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the apiserver reports go_gc_duration_seconds_count")
+}
+
+/// The cumulative buckets (upper bound in seconds, count) of the operator's
+/// `vispyr_operator_admission_duration_seconds`: the time the webhook itself
+/// takes, as opposed to what the apiserver adds around the call.
+async fn answer_time_buckets(admin: std::net::SocketAddr) -> Vec<(f64, u64)> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("the operator serves /metrics")
+        .text()
+        .await
+        .unwrap();
+    let buckets: Vec<(f64, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("vispyr_operator_admission_duration_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, count) = l.split_once("\"} ")?;
+            Some((le.parse().ok()?, count.trim().parse().ok()?))
+        })
+        .collect();
+    assert!(!buckets.is_empty(), "the operator reports its answer time");
+    buckets
 }
 
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {

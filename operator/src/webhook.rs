@@ -313,6 +313,11 @@ pub async fn serve_tls(
                 },
                 () = shutdown.cancelled() => break,
             };
+            // An answer is one small write after the apiserver's request;
+            // Nagle's algorithm would hold it back behind a delayed ACK.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
             let (acceptor, router, watcher) =
                 (acceptor.clone(), router.clone(), graceful.watcher());
             tokio::spawn(async move {
