@@ -33,6 +33,78 @@ const utils = require('@opentelemetry/instrumentation-http/build/src/utils.js');
 
 const ATTR_STATUS_CODE = 'http.response.status_code';
 const ATTR_ROUTE = 'http.route';
+
+// The SDK's attribute hashing (sdk-metrics, the copy NodeSDK uses): every
+// histogram record sorts the attribute set's keys and serialises it to a
+// string, the key of the data point. The server duration's attribute sets
+// are few (method, scheme, version, status, route, error type), so each is
+// built once, frozen, and carries its hash: the SDK's hashAttributes is
+// replaced by one that returns that hash for these objects and computes it
+// as before for any other. Same data points, same attributes, same order.
+const metricsUtils = require(
+  require.resolve('@opentelemetry/sdk-metrics/build/src/utils.js', {
+    paths: [require('node:path').dirname(require.resolve('@opentelemetry/sdk-node'))],
+  }),
+);
+const kHash = Symbol('vispyr.metric-attributes.hash');
+const computeHash = metricsUtils.hashAttributes;
+if (computeHash.vispyrMemoized !== true) {
+  const hashAttributes = (attributes) => {
+    const hash = attributes[kHash];
+    return hash !== undefined ? hash : computeHash(attributes);
+  };
+  hashAttributes.vispyrMemoized = true;
+  metricsUtils.hashAttributes = hashAttributes;
+}
+// Attribute sets kept per instrumentation; beyond this many (an application
+// with unbounded routes or error names), new sets are built per request.
+const MAX_METRIC_ATTRIBUTE_SETS = 1000;
+
+const NO_ERROR = Symbol('no error');
+
+/** A value's part of a set's key: '-' for undefined, null for values not cached. */
+function keyPart(value) {
+  if (value === undefined) return '-';
+  if (typeof value === 'string') return `${value.length}:${value}`;
+  return null;
+}
+
+/**
+ * The http.server.request.duration attributes, as upstream builds them
+ * (same keys, same order), one frozen object per distinct set.
+ */
+class MetricAttributeSets {
+  constructor() {
+    this._sets = new Map();
+  }
+
+  /**
+   * route: undefined when there is none; errorType: NO_ERROR when there is
+   * none (an error without a name gives the key with an undefined value,
+   * as upstream).
+   */
+  get(method, scheme, version, code, route, errorType) {
+    const routePart = keyPart(route);
+    const errorPart = errorType === NO_ERROR ? '-' : errorType === undefined ? '?' : keyPart(errorType);
+    // Method (normalised), scheme, version and code hold no space, the two
+    // free strings are length-prefixed: distinct sets have distinct keys.
+    const cacheable = routePart !== null && errorPart !== null && typeof code === 'number';
+    const key = !cacheable ? null : `${method} ${scheme} ${version || ''} ${code} ${routePart} ${errorPart}`;
+    let attributes = key === null ? undefined : this._sets.get(key);
+    if (attributes !== undefined) return attributes;
+    attributes = { 'http.request.method': method, 'url.scheme': scheme };
+    if (version) attributes['network.protocol.version'] = version;
+    attributes[ATTR_STATUS_CODE] = code;
+    if (route !== undefined) attributes[ATTR_ROUTE] = route;
+    if (errorType !== NO_ERROR) attributes['error.type'] = errorType;
+    if (key === null || this._sets.size >= MAX_METRIC_ATTRIBUTE_SETS) return attributes;
+    Object.defineProperty(attributes, kHash, { value: computeHash(attributes) });
+    Object.freeze(attributes);
+    this._sets.set(key, attributes);
+    return attributes;
+  }
+}
+
 const SERVER_SPAN = Object.freeze({ kind: api.SpanKind.SERVER });
 
 // Request methods whose upstream normalisation is the method itself.
@@ -141,6 +213,7 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
 
   _incomingRequestFunction(component, original) {
     const inst = this;
+    if (!this._metricAttributeSets) this._metricAttributeSets = new MetricAttributeSets();
     if (!this._restoreEmits) this._restoreEmits = runEventsInRequestContext();
     const attributeOptions = { component, enableSyntheticSourceDetection: false };
     return function incomingRequest(event, request, response) {
@@ -149,13 +222,6 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
       const method = request.method || 'GET';
       const attributes =
         plainRequestAttributes(request, component) || utils.getIncomingRequestAttributes(request, attributeOptions, inst._diag);
-      const metricAttributes = {
-        'http.request.method': attributes['http.request.method'],
-        'url.scheme': attributes['url.scheme'],
-      };
-      if (attributes['network.protocol.version']) {
-        metricAttributes['network.protocol.version'] = attributes['network.protocol.version'];
-      }
       const startTime = performance.now();
       const parent = api.propagation.extract(api.ROOT_CONTEXT, request.headers);
       // The attributes are set after the start: the SDK copies start
@@ -172,21 +238,29 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
         if (ended) return;
         ended = true;
         const code = response.statusCode;
+        const route = rpc.route;
         span.setAttribute(ATTR_STATUS_CODE, code);
-        metricAttributes[ATTR_STATUS_CODE] = code;
-        if (rpc.route !== undefined) {
-          span.setAttribute(ATTR_ROUTE, rpc.route);
-          span.updateName(`${method} ${rpc.route}`);
-          metricAttributes[ATTR_ROUTE] = rpc.route;
+        if (route !== undefined) {
+          span.setAttribute(ATTR_ROUTE, route);
+          span.updateName(`${method} ${route}`);
         }
+        let errorType = NO_ERROR;
         if (error) {
           utils.setSpanWithError(span, error);
-          metricAttributes['error.type'] = error.name;
+          errorType = error.name;
         } else {
           span.setStatus({ code: utils.parseResponseStatus(api.SpanKind.SERVER, code) });
-          if (code >= 500 && code < 600) metricAttributes['error.type'] = String(code);
+          if (code >= 500 && code < 600) errorType = String(code);
         }
         span.end();
+        const metricAttributes = inst._metricAttributeSets.get(
+          attributes['http.request.method'],
+          attributes['url.scheme'],
+          attributes['network.protocol.version'],
+          code,
+          route,
+          errorType,
+        );
         inst._recordServerDuration(performance.now() - startTime, metricAttributes);
       };
 
@@ -207,4 +281,4 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
   }
 }
 
-module.exports = { LeanServerHttpInstrumentation, plainRequestAttributes };
+module.exports = { LeanServerHttpInstrumentation, plainRequestAttributes, MetricAttributeSets, NO_ERROR };
