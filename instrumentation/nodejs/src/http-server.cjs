@@ -178,9 +178,10 @@ const kContext = Symbol('vispyr.http-server.context');
  * async context, must see the server span, e.g. for a call to another
  * service made once the body is read. Upstream patches seven methods on
  * each of the two objects per request and wraps every listener added later;
- * here the two prototypes' emit looks the context up once per event, and
- * switches to it only when it is not the active one already (events emitted
- * from the handler, or from callbacks it scheduled, are). Returns the
+ * here the two prototypes' emit looks the context up once per event that
+ * has listeners, and switches to it only when it is not the active one
+ * already (events emitted from the handler, or from callbacks it scheduled,
+ * are). Returns the
  * function that restores the prototypes.
  */
 function runEventsInRequestContext() {
@@ -189,9 +190,16 @@ function runEventsInRequestContext() {
   for (const proto of [http.IncomingMessage.prototype, http.ServerResponse.prototype]) {
     const own = Object.getOwnPropertyDescriptor(proto, 'emit');
     const original = proto.emit;
-    proto.emit = function emit() {
+    proto.emit = function emit(type) {
       const ctx = this[kContext];
-      if (ctx === undefined || api.context.active() === ctx) return original.apply(this, arguments);
+      // An event nobody listens to runs no code that could see the context
+      // (about half of a request's events: 'resume', 'readable', 'socket',
+      // 'prefinish', ...); an 'error' that nobody listens to throws, in any
+      // context, after its errorMonitor listeners, which come back here.
+      const events = this._events;
+      if (ctx === undefined || events === undefined || events[type] === undefined || api.context.active() === ctx) {
+        return original.apply(this, arguments);
+      }
       return api.context.with(ctx, original, this, ...arguments);
     };
     restores.push(() => {
