@@ -124,6 +124,31 @@ const ENDS_IN_NUMBER = /(?:^|\.)(?:\d+|0x[0-9a-f]*)\.?$/i;
 // Punycode labels, which new URL() decodes and may reject.
 const PUNYCODE = /(?:^|\.)xn--/i;
 
+// Host headers seen, parsed: a service is called under a few names.
+const MAX_CACHED_HOSTS = 256;
+const plainHosts = new Map();
+
+/**
+ * The name and explicit port (or undefined) of a Host header naming a host
+ * or an IPv4 address that new URL() takes as it is, with a valid port; null
+ * for any other.
+ */
+function plainHost(header) {
+  let host = plainHosts.get(header);
+  if (host !== undefined) return host;
+  host = null;
+  const match = PLAIN_HOST.exec(header);
+  if (match !== null) {
+    const name = match[1];
+    const port = match[2] !== undefined ? Number(match[2]) : undefined;
+    // Hosts new URL() rejects leave upstream without url.path.
+    const rejected = (ENDS_IN_NUMBER.test(name) && !IPV4.test(name)) || PUNYCODE.test(name) || port > 65535;
+    if (!rejected) host = { name, port };
+  }
+  if (plainHosts.size < MAX_CACHED_HOSTS) plainHosts.set(header, host);
+  return host;
+}
+
 /**
  * The span attributes of a plain incoming request (absolute path without
  * query, a host name or IPv4 address, no forwarding headers, a common
@@ -134,9 +159,10 @@ const PUNYCODE = /(?:^|\.)xn--/i;
 function plainRequestAttributes(request, component) {
   const headers = request.headers;
   const url = request.url;
-  const hostMatch = typeof headers.host === 'string' ? PLAIN_HOST.exec(headers.host) : null;
+  const hostHeader = headers.host;
+  const host = typeof hostHeader === 'string' ? plainHost(hostHeader) : null;
   if (
-    hostMatch === null ||
+    host === null ||
     !PLAIN_METHODS.has(request.method) ||
     typeof url !== 'string' ||
     !PLAIN_PATH.test(url) ||
@@ -147,16 +173,12 @@ function plainRequestAttributes(request, component) {
   ) {
     return null;
   }
-  const host = hostMatch[1];
-  // Hosts new URL() rejects leave upstream without url.path.
-  if ((ENDS_IN_NUMBER.test(host) && !IPV4.test(host)) || PUNYCODE.test(host)) return null;
-  const port = hostMatch[2] !== undefined ? Number(hostMatch[2]) : component === 'https' ? 443 : 80;
-  if (port > 65535) return null;
+  const port = host.port !== undefined ? host.port : component === 'https' ? 443 : 80;
   const socket = request.socket;
   const attributes = {
     'http.request.method': request.method,
     'url.scheme': component,
-    'server.address': host,
+    'server.address': host.name,
     'network.peer.address': socket.remoteAddress,
     'network.peer.port': socket.remotePort,
     'network.protocol.version': request.httpVersion,

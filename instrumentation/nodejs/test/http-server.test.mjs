@@ -49,6 +49,9 @@ test('plain requests: same attributes as upstream, same order, without parsing a
     "DELETE /a//b/c-d_e~f!$&'()*+,;=:@%41 HTTP/1.0\r\nHost: my-host",
     'PATCH /x HTTP/1.1\r\nHost: 10.0.0.1:65535',
     'HEAD /file.txt HTTP/1.1\r\nHost: EXAMPLE.com.',
+    // Hosts seen before (parsed once): the same attributes again.
+    'GET /again HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: other',
+    'PUT /x HTTP/1.1\r\nHost: my-host',
   ];
   for (const { plain, upstream } of await attributesOf(heads)) {
     assert.notEqual(plain, null, `${JSON.stringify(upstream)} should be plain`);
@@ -75,6 +78,9 @@ test('other requests are left to upstream, whose attributes differ or need parsi
     'GET /x HTTP/1.1\r\nHost: a\r\nForwarded: for=1.2.3.4;host=b',
     'PURGE /x HTTP/1.1\r\nHost: a', // normalised to _OTHER upstream
     'GET * HTTP/1.1\r\nHost: a',
+    // Hosts seen before, still not plain.
+    'GET /y HTTP/1.1\r\nHost: 10.0.0.300',
+    'GET /y HTTP/1.1\r\nHost: a:99999',
   ];
   for (const { plain } of await attributesOf(heads)) assert.equal(plain, null);
 });
