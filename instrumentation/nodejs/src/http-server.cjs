@@ -203,8 +203,7 @@ const kContext = Symbol('vispyr.http-server.context');
  * here the two prototypes' emit looks the context up once per event that
  * has listeners, and switches to it only when it is not the active one
  * already (events emitted from the handler, or from callbacks it scheduled,
- * are). Returns the
- * function that restores the prototypes.
+ * are). Returns the function that restores the prototypes.
  */
 function runEventsInRequestContext() {
   const http = require('node:http');

@@ -212,7 +212,7 @@ class ProtoWriter {
     this.buf[p] = v;
   }
 
-  /** Appends a few bytes (a loop beats a native copy for these). */
+  /** Appends a few bytes (by a loop: no native call for a short copy). */
   small(b) {
     const n = b.length;
     this.ensure(n);
