@@ -33,6 +33,78 @@ const utils = require('@opentelemetry/instrumentation-http/build/src/utils.js');
 
 const ATTR_STATUS_CODE = 'http.response.status_code';
 const ATTR_ROUTE = 'http.route';
+
+// The SDK's attribute hashing (sdk-metrics, the copy NodeSDK uses): every
+// histogram record sorts the attribute set's keys and serialises it to a
+// string, the key of the data point. The server duration's attribute sets
+// are few (method, scheme, version, status, route, error type), so each is
+// built once, frozen, and carries its hash: the SDK's hashAttributes is
+// replaced by one that returns that hash for these objects and computes it
+// as before for any other. Same data points, same attributes, same order.
+const metricsUtils = require(
+  require.resolve('@opentelemetry/sdk-metrics/build/src/utils.js', {
+    paths: [require('node:path').dirname(require.resolve('@opentelemetry/sdk-node'))],
+  }),
+);
+const kHash = Symbol('vispyr.metric-attributes.hash');
+const computeHash = metricsUtils.hashAttributes;
+if (computeHash.vispyrMemoized !== true) {
+  const hashAttributes = (attributes) => {
+    const hash = attributes[kHash];
+    return hash !== undefined ? hash : computeHash(attributes);
+  };
+  hashAttributes.vispyrMemoized = true;
+  metricsUtils.hashAttributes = hashAttributes;
+}
+// Attribute sets kept per instrumentation; beyond this many (an application
+// with unbounded routes or error names), new sets are built per request.
+const MAX_METRIC_ATTRIBUTE_SETS = 1000;
+
+const NO_ERROR = Symbol('no error');
+
+/** A value's part of a set's key: '-' for undefined, null for values not cached. */
+function keyPart(value) {
+  if (value === undefined) return '-';
+  if (typeof value === 'string') return `${value.length}:${value}`;
+  return null;
+}
+
+/**
+ * The http.server.request.duration attributes, as upstream builds them
+ * (same keys, same order), one frozen object per distinct set.
+ */
+class MetricAttributeSets {
+  constructor() {
+    this._sets = new Map();
+  }
+
+  /**
+   * route: undefined when there is none; errorType: NO_ERROR when there is
+   * none (an error without a name gives the key with an undefined value,
+   * as upstream).
+   */
+  get(method, scheme, version, code, route, errorType) {
+    const routePart = keyPart(route);
+    const errorPart = errorType === NO_ERROR ? '-' : errorType === undefined ? '?' : keyPart(errorType);
+    // Method (normalised), scheme, version and code hold no space, the two
+    // free strings are length-prefixed: distinct sets have distinct keys.
+    const cacheable = routePart !== null && errorPart !== null && typeof code === 'number';
+    const key = !cacheable ? null : `${method} ${scheme} ${version || ''} ${code} ${routePart} ${errorPart}`;
+    let attributes = key === null ? undefined : this._sets.get(key);
+    if (attributes !== undefined) return attributes;
+    attributes = { 'http.request.method': method, 'url.scheme': scheme };
+    if (version) attributes['network.protocol.version'] = version;
+    attributes[ATTR_STATUS_CODE] = code;
+    if (route !== undefined) attributes[ATTR_ROUTE] = route;
+    if (errorType !== NO_ERROR) attributes['error.type'] = errorType;
+    if (key === null || this._sets.size >= MAX_METRIC_ATTRIBUTE_SETS) return attributes;
+    Object.defineProperty(attributes, kHash, { value: computeHash(attributes) });
+    Object.freeze(attributes);
+    this._sets.set(key, attributes);
+    return attributes;
+  }
+}
+
 const SERVER_SPAN = Object.freeze({ kind: api.SpanKind.SERVER });
 
 // Request methods whose upstream normalisation is the method itself.
@@ -52,6 +124,31 @@ const ENDS_IN_NUMBER = /(?:^|\.)(?:\d+|0x[0-9a-f]*)\.?$/i;
 // Punycode labels, which new URL() decodes and may reject.
 const PUNYCODE = /(?:^|\.)xn--/i;
 
+// Host headers seen, parsed: a service is called under a few names.
+const MAX_CACHED_HOSTS = 256;
+const plainHosts = new Map();
+
+/**
+ * The name and explicit port (or undefined) of a Host header naming a host
+ * or an IPv4 address that new URL() takes as it is, with a valid port; null
+ * for any other.
+ */
+function plainHost(header) {
+  let host = plainHosts.get(header);
+  if (host !== undefined) return host;
+  host = null;
+  const match = PLAIN_HOST.exec(header);
+  if (match !== null) {
+    const name = match[1];
+    const port = match[2] !== undefined ? Number(match[2]) : undefined;
+    // Hosts new URL() rejects leave upstream without url.path.
+    const rejected = (ENDS_IN_NUMBER.test(name) && !IPV4.test(name)) || PUNYCODE.test(name) || port > 65535;
+    if (!rejected) host = { name, port };
+  }
+  if (plainHosts.size < MAX_CACHED_HOSTS) plainHosts.set(header, host);
+  return host;
+}
+
 /**
  * The span attributes of a plain incoming request (absolute path without
  * query, a host name or IPv4 address, no forwarding headers, a common
@@ -62,9 +159,10 @@ const PUNYCODE = /(?:^|\.)xn--/i;
 function plainRequestAttributes(request, component) {
   const headers = request.headers;
   const url = request.url;
-  const hostMatch = typeof headers.host === 'string' ? PLAIN_HOST.exec(headers.host) : null;
+  const hostHeader = headers.host;
+  const host = typeof hostHeader === 'string' ? plainHost(hostHeader) : null;
   if (
-    hostMatch === null ||
+    host === null ||
     !PLAIN_METHODS.has(request.method) ||
     typeof url !== 'string' ||
     !PLAIN_PATH.test(url) ||
@@ -75,16 +173,12 @@ function plainRequestAttributes(request, component) {
   ) {
     return null;
   }
-  const host = hostMatch[1];
-  // Hosts new URL() rejects leave upstream without url.path.
-  if ((ENDS_IN_NUMBER.test(host) && !IPV4.test(host)) || PUNYCODE.test(host)) return null;
-  const port = hostMatch[2] !== undefined ? Number(hostMatch[2]) : component === 'https' ? 443 : 80;
-  if (port > 65535) return null;
+  const port = host.port !== undefined ? host.port : component === 'https' ? 443 : 80;
   const socket = request.socket;
   const attributes = {
     'http.request.method': request.method,
     'url.scheme': component,
-    'server.address': host,
+    'server.address': host.name,
     'network.peer.address': socket.remoteAddress,
     'network.peer.port': socket.remotePort,
     'network.protocol.version': request.httpVersion,
@@ -106,10 +200,10 @@ const kContext = Symbol('vispyr.http-server.context');
  * async context, must see the server span, e.g. for a call to another
  * service made once the body is read. Upstream patches seven methods on
  * each of the two objects per request and wraps every listener added later;
- * here the two prototypes' emit looks the context up once per event, and
- * switches to it only when it is not the active one already (events emitted
- * from the handler, or from callbacks it scheduled, are). Returns the
- * function that restores the prototypes.
+ * here the two prototypes' emit looks the context up once per event that
+ * has listeners, and switches to it only when it is not the active one
+ * already (events emitted from the handler, or from callbacks it scheduled,
+ * are). Returns the function that restores the prototypes.
  */
 function runEventsInRequestContext() {
   const http = require('node:http');
@@ -117,9 +211,16 @@ function runEventsInRequestContext() {
   for (const proto of [http.IncomingMessage.prototype, http.ServerResponse.prototype]) {
     const own = Object.getOwnPropertyDescriptor(proto, 'emit');
     const original = proto.emit;
-    proto.emit = function emit() {
+    proto.emit = function emit(type) {
       const ctx = this[kContext];
-      if (ctx === undefined || api.context.active() === ctx) return original.apply(this, arguments);
+      // An event nobody listens to runs no code that could see the context
+      // (about half of a request's events: 'resume', 'readable', 'socket',
+      // 'prefinish', ...); an 'error' that nobody listens to throws, in any
+      // context, after its errorMonitor listeners, which come back here.
+      const events = this._events;
+      if (ctx === undefined || events === undefined || events[type] === undefined || api.context.active() === ctx) {
+        return original.apply(this, arguments);
+      }
       return api.context.with(ctx, original, this, ...arguments);
     };
     restores.push(() => {
@@ -141,6 +242,7 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
 
   _incomingRequestFunction(component, original) {
     const inst = this;
+    if (!this._metricAttributeSets) this._metricAttributeSets = new MetricAttributeSets();
     if (!this._restoreEmits) this._restoreEmits = runEventsInRequestContext();
     const attributeOptions = { component, enableSyntheticSourceDetection: false };
     return function incomingRequest(event, request, response) {
@@ -149,13 +251,6 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
       const method = request.method || 'GET';
       const attributes =
         plainRequestAttributes(request, component) || utils.getIncomingRequestAttributes(request, attributeOptions, inst._diag);
-      const metricAttributes = {
-        'http.request.method': attributes['http.request.method'],
-        'url.scheme': attributes['url.scheme'],
-      };
-      if (attributes['network.protocol.version']) {
-        metricAttributes['network.protocol.version'] = attributes['network.protocol.version'];
-      }
       const startTime = performance.now();
       const parent = api.propagation.extract(api.ROOT_CONTEXT, request.headers);
       // The attributes are set after the start: the SDK copies start
@@ -172,21 +267,29 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
         if (ended) return;
         ended = true;
         const code = response.statusCode;
+        const route = rpc.route;
         span.setAttribute(ATTR_STATUS_CODE, code);
-        metricAttributes[ATTR_STATUS_CODE] = code;
-        if (rpc.route !== undefined) {
-          span.setAttribute(ATTR_ROUTE, rpc.route);
-          span.updateName(`${method} ${rpc.route}`);
-          metricAttributes[ATTR_ROUTE] = rpc.route;
+        if (route !== undefined) {
+          span.setAttribute(ATTR_ROUTE, route);
+          span.updateName(`${method} ${route}`);
         }
+        let errorType = NO_ERROR;
         if (error) {
           utils.setSpanWithError(span, error);
-          metricAttributes['error.type'] = error.name;
+          errorType = error.name;
         } else {
           span.setStatus({ code: utils.parseResponseStatus(api.SpanKind.SERVER, code) });
-          if (code >= 500 && code < 600) metricAttributes['error.type'] = String(code);
+          if (code >= 500 && code < 600) errorType = String(code);
         }
         span.end();
+        const metricAttributes = inst._metricAttributeSets.get(
+          attributes['http.request.method'],
+          attributes['url.scheme'],
+          attributes['network.protocol.version'],
+          code,
+          route,
+          errorType,
+        );
         inst._recordServerDuration(performance.now() - startTime, metricAttributes);
       };
 
@@ -207,4 +310,4 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
   }
 }
 
-module.exports = { LeanServerHttpInstrumentation, plainRequestAttributes };
+module.exports = { LeanServerHttpInstrumentation, plainRequestAttributes, MetricAttributeSets, NO_ERROR };

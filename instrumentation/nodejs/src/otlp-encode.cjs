@@ -212,6 +212,16 @@ class ProtoWriter {
     this.buf[p] = v;
   }
 
+  /** Appends a few bytes (by a loop: no native call for a short copy). */
+  small(b) {
+    const n = b.length;
+    this.ensure(n);
+    const buf = this.buf;
+    let p = this.pos;
+    for (let i = 0; i < n; i++) buf[p++] = b[i];
+    this.pos = p;
+  }
+
   /** Appends raw bytes. */
   raw(b) {
     this.ensure(b.length);
@@ -263,14 +273,31 @@ function writeAnyValue(w, value) {
   // Anything else (undefined, null, functions): no value, as upstream.
 }
 
+// Attribute keys are few and the same from span to span: each one's
+// KeyValue.key field (tag, length, UTF-8) is encoded once. Bounded, for
+// applications whose keys are not.
+const MAX_CACHED_KEYS = 2048;
+const keyFields = new Map();
+
+function keyField(key) {
+  let field = keyFields.get(key);
+  if (field === undefined) {
+    const w = new ProtoWriter(3 * key.length + 8);
+    w.tag(1, WIRE_LEN);
+    w.string(key);
+    field = w.take();
+    if (keyFields.size < MAX_CACHED_KEYS) keyFields.set(key, field);
+  }
+  return field;
+}
+
 /** Every own enumerable property of `attributes` as a repeated KeyValue field. */
 function writeKeyValues(w, attributes, field) {
   for (const key in attributes) {
     if (!Object.prototype.hasOwnProperty.call(attributes, key)) continue;
     w.tag(field, WIRE_LEN);
     const kv = w.begin();
-    w.tag(1, WIRE_LEN);
-    w.string(key);
+    w.small(keyField(key));
     w.tag(2, WIRE_LEN);
     const v = w.begin();
     writeAnyValue(w, attributes[key]);

@@ -11,6 +11,7 @@ before(async () => {
 after(() => receiver.stop());
 
 const shapes = {};
+const metricShapes = {};
 
 // Both ways of turning incoming requests into spans (src/http-server.cjs):
 // the same span shape.
@@ -82,6 +83,17 @@ for (const mode of ['lean', 'upstream']) {
     // were not measured as the application's client calls.
     const names = receiver.metricNamesOf(`cjs-shop-${mode}`);
     assert.ok(names.has('http.server.request.duration'));
+    // The last (cumulative) export of the server duration: one point per
+    // attribute set, attributes in upstream's order.
+    const durations = receiver.metrics.filter((m) => m.name === 'http.server.request.duration' && m.resource['service.name'] === `cjs-shop-${mode}`);
+    const points = durations.at(-1).points.map((p) => ({ attributes: p.attributes, count: p.count }));
+    points.sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
+    metricShapes[mode] = points;
+    const base = [['http.request.method', 'GET'], ['url.scheme', 'http'], ['network.protocol.version', '1.1']];
+    assert.deepEqual(points, [
+      { attributes: [...base, ['http.response.status_code', 200]], count: 3 },
+      { attributes: [...base, ['http.response.status_code', 500], ['error.type', '500']], count: 1 },
+    ]);
     assert.ok(!names.has('http.client.request.duration'), 'exporter requests measured as http.client.request.duration');
     assert.deepEqual(app.foreignStdout(), [], 'nothing on stdout but what the app printed');
     assert.deepEqual(app.vispyrLines(), []);
@@ -90,11 +102,12 @@ for (const mode of ['lean', 'upstream']) {
   });
 }
 
-test('the lean and the upstream server spans have the same name, kind, status and attribute names', (t) => {
+test('the lean and the upstream server spans have the same name, kind, status and attribute names, the duration metric the same points', (t) => {
   if (!shapes.lean || !shapes.upstream) {
     t.skip('needs both CommonJS server tests');
     return;
   }
   assert.deepEqual(shapes.lean, shapes.upstream);
+  assert.deepEqual(metricShapes.lean, metricShapes.upstream);
   assert.ok(shapes.lean['/'].attributes.includes('server.address'));
 });

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { createRequire } from 'node:module';
+import path from 'node:path';
 
 const require = createRequire(import.meta.url);
 const { plainRequestAttributes } = require('../src/http-server.cjs');
@@ -48,6 +49,9 @@ test('plain requests: same attributes as upstream, same order, without parsing a
     "DELETE /a//b/c-d_e~f!$&'()*+,;=:@%41 HTTP/1.0\r\nHost: my-host",
     'PATCH /x HTTP/1.1\r\nHost: 10.0.0.1:65535',
     'HEAD /file.txt HTTP/1.1\r\nHost: EXAMPLE.com.',
+    // Hosts seen before (parsed once): the same attributes again.
+    'GET /again HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: other',
+    'PUT /x HTTP/1.1\r\nHost: my-host',
   ];
   for (const { plain, upstream } of await attributesOf(heads)) {
     assert.notEqual(plain, null, `${JSON.stringify(upstream)} should be plain`);
@@ -74,6 +78,9 @@ test('other requests are left to upstream, whose attributes differ or need parsi
     'GET /x HTTP/1.1\r\nHost: a\r\nForwarded: for=1.2.3.4;host=b',
     'PURGE /x HTTP/1.1\r\nHost: a', // normalised to _OTHER upstream
     'GET * HTTP/1.1\r\nHost: a',
+    // Hosts seen before, still not plain.
+    'GET /y HTTP/1.1\r\nHost: 10.0.0.300',
+    'GET /y HTTP/1.1\r\nHost: a:99999',
   ];
   for (const { plain } of await attributesOf(heads)) assert.equal(plain, null);
 });
@@ -87,4 +94,59 @@ test('the request and response emit patches are removed with the instrumentation
   for (const p of protos) assert.ok(Object.hasOwn(p, 'emit'), 'emit patched');
   inst.disable();
   assert.deepEqual(protos.map((p) => Object.getOwnPropertyDescriptor(p, 'emit')), before);
+});
+
+test('server duration attribute sets: built once per set, frozen, upstream order, hashed as the SDK hashes them', async () => {
+  const { MetricAttributeSets, NO_ERROR } = require('../src/http-server.cjs');
+  const sdkNode = path.dirname(require.resolve('@opentelemetry/sdk-node'));
+  const metricsRequire = createRequire(path.join(sdkNode, 'index.js'));
+  const sdkMetrics = metricsRequire('@opentelemetry/sdk-metrics');
+  const metricsUtils = metricsRequire('@opentelemetry/sdk-metrics/build/src/utils.js');
+  const { AttributeHashMap } = metricsRequire('@opentelemetry/sdk-metrics/build/src/state/HashMap.js');
+  // The SDK's maps of data points use the memoizing hash (an SDK version
+  // that hashes elsewhere fails here).
+  assert.equal(metricsUtils.hashAttributes.vispyrMemoized, true);
+  assert.equal(new AttributeHashMap()._hash, metricsUtils.hashAttributes);
+
+  const sets = new MetricAttributeSets();
+  const ok = sets.get('GET', 'http', '1.1', 200, undefined, NO_ERROR);
+  assert.equal(sets.get('GET', 'http', '1.1', 200, undefined, NO_ERROR), ok, 'one object per set');
+  assert.ok(Object.isFrozen(ok));
+  assert.deepEqual(Object.entries(ok), [['http.request.method', 'GET'], ['url.scheme', 'http'], ['network.protocol.version', '1.1'], ['http.response.status_code', 200]]);
+  const routed = sets.get('POST', 'https', '2.0', 503, '/users/:id', '503');
+  assert.deepEqual(Object.entries(routed), [
+    ['http.request.method', 'POST'], ['url.scheme', 'https'], ['network.protocol.version', '2.0'],
+    ['http.response.status_code', 503], ['http.route', '/users/:id'], ['error.type', '503'],
+  ]);
+  // Sets that differ only in an absent, undefined or look-alike value stay apart.
+  const distinct = [
+    ok,
+    routed,
+    sets.get('GET', 'http', undefined, 200, undefined, NO_ERROR),
+    sets.get('GET', 'http', '1.1', 200, 'undefined', NO_ERROR),
+    sets.get('GET', 'http', '1.1', 200, undefined, undefined),
+    sets.get('GET', 'http', '1.1', 200, '-', NO_ERROR),
+    sets.get('GET', 'http', '1.1', 200, '1 2', '3'),
+    sets.get('GET', 'http', '1.1', 200, '1', '2 3'),
+  ];
+  assert.equal(new Set(distinct.map((a) => JSON.stringify(Object.entries(a)))).size, distinct.length);
+  assert.ok(Object.hasOwn(distinct[4], 'error.type') && distinct[4]['error.type'] === undefined, 'an error without a name, as upstream');
+  assert.ok(!Object.isFrozen(sets.get('GET', 'http', '1.1', '200', undefined, NO_ERROR)), 'a status code that is not a number is not cached');
+
+  // Through a real MeterProvider: a cached set and an equal fresh object are
+  // one data point, with the set's attributes.
+  const exporter = new sdkMetrics.InMemoryMetricExporter(sdkMetrics.AggregationTemporality.CUMULATIVE);
+  const reader = new sdkMetrics.PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3600000 });
+  const provider = new sdkMetrics.MeterProvider({ readers: [reader] });
+  const histogram = provider.getMeter('t').createHistogram('d');
+  histogram.record(1, ok);
+  histogram.record(2, { ...ok });
+  histogram.record(3, routed);
+  await reader.forceFlush();
+  const points = exporter.getMetrics()[0].scopeMetrics[0].metrics[0].dataPoints;
+  assert.deepEqual(points.map((p) => [Object.entries(p.attributes), p.value.count, p.value.sum]), [
+    [Object.entries(ok), 2, 3],
+    [Object.entries(routed), 1, 3],
+  ]);
+  await provider.shutdown();
 });

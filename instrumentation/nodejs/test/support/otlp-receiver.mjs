@@ -88,7 +88,12 @@ function flattenMetrics(req) {
     const resource = attributes(rm.resource && rm.resource.attributes);
     for (const sm of rm.scope_metrics) {
       for (const m of sm.metrics) {
-        metrics.push({ name: m.name, unit: m.unit, type: m.data, scope: sm.scope ? sm.scope.name : '', resource });
+        // Data points: their attributes in the order received, and the count (histograms).
+        const points = ((m[m.data] && m[m.data].data_points) || []).map((p) => ({
+          attributes: Object.entries(attributes(p.attributes)),
+          count: p.count === undefined ? undefined : Number(p.count),
+        }));
+        metrics.push({ name: m.name, unit: m.unit, type: m.data, scope: sm.scope ? sm.scope.name : '', resource, points });
       }
     }
   }
