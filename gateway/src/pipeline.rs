@@ -1,4 +1,4 @@
-//! Where receivers hand over what they decoded. Spans go to the member of
+//! Where receivers hand over what they received. Spans go to the member of
 //! the ring that owns their trace ID (this one, or another reached over the
 //! ring service), where span observers (the span metrics) see them and the
 //! traces exporter's queue takes them; metrics (converted) and profiles go
@@ -151,12 +151,12 @@ impl Pipeline {
     /// store (partial success) and hands each of the others to the owner
     /// of its trace.
     async fn accept_traces(&self, request: Bytes) -> Result<Accepted, Refusal> {
-        let view = self.ring.as_ref().map(|ring| ring.view());
-        let split = split(&request, view.as_deref())?;
-        match (&self.ring, view) {
-            (Some(ring), Some(view)) => self.route(ring, view, split.parts).await?,
+        let ring = self.ring.as_ref().map(|ring| (ring, ring.view()));
+        let split = split(&request, ring.as_ref().map(|(_, view)| &**view))?;
+        match ring {
+            Some((ring, view)) => self.route(ring, view, split.parts).await?,
             // Without a ring, all is this member's: one part at most.
-            _ => {
+            None => {
                 for part in split.parts {
                     self.own(part.request, false).await?;
                 }

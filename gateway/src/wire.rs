@@ -194,13 +194,16 @@ impl<'a> Fields<'a> {
         Ok(Some((number, self.value(number, wire_type)?)))
     }
 
-    /// [`Self::next_field`], with the field's whole encoding (key included).
-    fn next_field_bytes(&mut self) -> Result<Option<(u32, Value<'a>, &'a [u8])>, WireError> {
+    /// [`Self::next_field`], with the field's whole encoding.
+    fn next_field_bytes(&mut self) -> Result<Option<Encoded<'a>>, WireError> {
         let before = self.rest;
         let field = self.next_field()?;
         Ok(field.map(|(n, v)| (n, v, &before[..before.len() - self.rest.len()])))
     }
 }
+
+/// A field's number, value and whole encoding (key included).
+type Encoded<'a> = (u32, Value<'a>, &'a [u8]);
 
 /// Calls `each` with every field of `message`.
 fn for_each_field<'a>(
@@ -1244,7 +1247,8 @@ mod tests {
     fn strings_that_are_not_utf8_are_refused_like_prost() {
         let not_utf8 = [0xc3, 0x28, 0xff, 0xfe];
         // A string of each message; the nested one deep in attributes.
-        let strings: [(&str, fn(&mut ExportTraceServiceRequest, String)); 8] = [
+        type Set = fn(&mut ExportTraceServiceRequest, String);
+        let strings: [(&str, Set); 8] = [
             ("ResourceSpans.schema_url", |r, s| {
                 r.resource_spans[1].schema_url = s
             }),

@@ -172,7 +172,9 @@ pub fn reference_split<K: PartialEq + Copy>(
     request: ExportTraceServiceRequest,
     owner: impl Fn(&[u8]) -> K,
 ) -> (Vec<(K, ExportTraceServiceRequest)>, u64, String) {
-    let mut parts: Vec<(K, ExportTraceServiceRequest, Option<(usize, usize)>)> = Vec::new();
+    // Per owner: its part, and where (resource, scope) its last span was.
+    type Last = Option<(usize, usize)>;
+    let mut parts: Vec<(K, ExportTraceServiceRequest, Last)> = Vec::new();
     let (mut rejected, mut first) = (0u64, None);
     for (ri, rs) in request.resource_spans.iter().enumerate() {
         for (si, ss) in rs.scope_spans.iter().enumerate() {
