@@ -376,6 +376,9 @@ fn check<'a>(
 pub struct Attributes<'a> {
     message: &'a [u8],
     number: u32,
+    /// Set when they are field `inner` of each message in field `number`:
+    /// a resource sent in parts, which decoding merges into one.
+    inner: Option<u32>,
 }
 
 impl<'a> Attributes<'a> {
@@ -389,12 +392,7 @@ impl<'a> Attributes<'a> {
 
     fn find_string(&self, key: &str) -> Result<Option<Cow<'a, str>>, WireError> {
         let mut found = None;
-        let mut fields = Fields::new(self.message);
-        while let Some((number, value)) = fields.next_field()? {
-            if number != self.number {
-                continue;
-            }
-            let kv = value.bytes("attributes")?;
+        let mut named = |kv: &'a [u8]| {
             let (mut name, mut any) = ("", None);
             for_each_field(kv, |n, v| {
                 match n {
@@ -406,7 +404,26 @@ impl<'a> Attributes<'a> {
             })?;
             if name == key {
                 found = Some((kv, any));
-                break;
+            }
+            Ok::<_, WireError>(name == key)
+        };
+        let mut fields = Fields::new(self.message);
+        'fields: while let Some((number, value)) = fields.next_field()? {
+            if number != self.number {
+                continue;
+            }
+            let bytes = value.bytes("attributes")?;
+            let Some(inner) = self.inner else {
+                if named(bytes)? {
+                    break;
+                }
+                continue;
+            };
+            let mut fields = Fields::new(bytes);
+            while let Some((number, value)) = fields.next_field()? {
+                if number == inner && named(value.bytes("attributes")?)? {
+                    break 'fields;
+                }
             }
         }
         let Some((kv, any)) = found else {
@@ -481,12 +498,24 @@ pub fn span_count(resources: &[Resource<'_>]) -> u64 {
 
 fn resource_spans(message: &[u8]) -> Result<Resource<'_>, WireError> {
     let mut resource = Resource::default();
+    let mut parts = 0;
     for_each_field(message, |n, v| {
         match n {
             1 => {
-                resource.attributes = Attributes {
-                    message: v.bytes("ResourceSpans.resource")?,
-                    number: 1,
+                let part = v.bytes("ResourceSpans.resource")?;
+                parts += 1;
+                resource.attributes = if parts == 1 {
+                    Attributes {
+                        message: part,
+                        number: 1,
+                        inner: None,
+                    }
+                } else {
+                    Attributes {
+                        message,
+                        number: 1,
+                        inner: Some(1),
+                    }
                 }
             }
             2 => for_each_field(v.bytes("ResourceSpans.scope_spans")?, |n, v| {
@@ -539,6 +568,7 @@ fn span(message: &[u8]) -> Result<Span<'_>, WireError> {
         span.attributes = Attributes {
             message: &message[start..end],
             number: 9,
+            inner: None,
         };
     }
     Ok(span)
@@ -1010,6 +1040,43 @@ mod tests {
             decoded.err()
         );
         split
+    }
+
+    #[test]
+    fn a_resource_sent_in_parts_is_read_merged_as_prost_decodes_it() {
+        let attribute = |key: &str, value: &str| ResourceProto {
+            attributes: vec![kv(key, any_value::Value::StringValue(value.into()))],
+            ..Default::default()
+        };
+        let scope = ScopeSpans {
+            spans: vec![SpanProto {
+                trace_id: vec![1; 16],
+                span_id: vec![1; 8],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let resource_spans = [
+            delimited(1, &attribute("service.name", "shop").encode_to_vec()),
+            delimited(2, &scope.encode_to_vec()),
+            delimited(1, &attribute("host.name", "h1").encode_to_vec()),
+            delimited(1, &attribute("service.name", "other").encode_to_vec()),
+        ]
+        .concat();
+        let bytes = delimited(1, &resource_spans);
+        let merged = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+        let attributes = &merged.resource_spans[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes;
+        assert_eq!(attributes.len(), 3);
+        let read = resources(&bytes).unwrap();
+        let attributes = read[0].attributes;
+        assert_eq!(attributes.string("service.name").as_deref(), Some("shop"));
+        assert_eq!(attributes.string("host.name").as_deref(), Some("h1"));
+        assert_eq!(attributes.string("absent"), None);
+        assert_eq!(read[0].spans.len(), 1);
     }
 
     fn decoded(part: &Part<impl Copy>) -> ExportTraceServiceRequest {
