@@ -285,8 +285,8 @@ impl Pipeline {
 
     /// Spans another member forwarded: this member owns them. Answered once
     /// they are exported (or refused for good by the backend). They are
-    /// read without a copy and exported as they came: the forwarder encoded
-    /// them from a request it decoded and checked.
+    /// read without a copy and exported as they came: the forwarder checked
+    /// them (`wire::split`).
     pub async fn accept_forwarded(&self, body: Bytes) -> Result<(), tonic::Status> {
         let spans = self.own(body, true).await.map_err(|r| r.to_grpc())?;
         self.metrics.ring.received_spans.inc_by(spans);

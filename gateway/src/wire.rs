@@ -385,7 +385,7 @@ impl<'a> Attributes<'a> {
     /// The first attribute named `key` as text (other types than strings
     /// as the Prometheus conversion writes them); `None` when absent or
     /// empty. Attributes are not read by [`resources`]: one that does not
-    /// parse counts as absent (the member that encoded it had decoded it).
+    /// parse counts as absent (the member that split it had checked it).
     pub fn string(&self, key: &str) -> Option<Cow<'a, str>> {
         self.find_string(key).ok().flatten()
     }
@@ -533,8 +533,9 @@ fn resource_spans(message: &[u8]) -> Result<Resource<'_>, WireError> {
 
 fn span(message: &[u8]) -> Result<Span<'_>, WireError> {
     let mut span = Span::default();
-    // Where the attributes are (prost writes them together): a lookup
-    // reads them only, and a span without any needs no reading at all.
+    // Where the attributes are (encoders write them together; fields in
+    // between are skipped): a lookup reads them only, and a span without
+    // any needs no reading at all.
     let mut attributes: Option<(usize, usize)> = None;
     let mut fields = Fields::new(message);
     loop {
