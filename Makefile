@@ -111,7 +111,7 @@ bench: tools bench-tools nodejs-deps
 FUZZ_TOOLCHAIN := nightly-2026-05-20
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ_ROOT := $(CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
-FUZZ_TARGETS := http_protobuf http_json http_gzip grpc
+FUZZ_TARGETS := http_protobuf http_json http_gzip grpc trace_split
 FUZZ_SECONDS ?= 60
 
 fuzz-deps: deps

@@ -19,7 +19,7 @@ use tonic::codegen::{
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Status};
 
-use crate::otlp::{Refusal, Signal, decode_protobuf};
+use crate::otlp::{Refusal, Signal};
 use crate::pipeline::Pipeline;
 
 /// The `transport` label of what arrives here.
@@ -151,8 +151,8 @@ impl<S: Signal> UnaryService<Bytes> for Export<S> {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
-            let result = match decode_protobuf::<S>(request.into_inner()) {
-                Ok(decoded) => pipeline.accept::<S>(decoded, TRANSPORT).await,
+            let result = match S::from_protobuf(request.into_inner()) {
+                Ok(request) => pipeline.accept::<S>(request, TRANSPORT).await,
                 Err(refusal) => Err(pipeline.refused(S::NAME, TRANSPORT, refusal)),
             };
             result

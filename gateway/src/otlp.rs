@@ -33,19 +33,27 @@ pub trait Signal: Send + Sync + 'static {
     const HTTP_PATH: &'static str;
     type Request: Message + Default + serde::de::DeserializeOwned + Send + 'static;
     type Response: Message + Default + serde::Serialize + Send + 'static;
-    /// Spans, data points, log records or profiles in the request.
-    fn items(request: &Self::Request) -> u64;
     /// A success response, partial when `rejected > 0`.
     fn response(rejected: u64, message: String) -> Self::Response;
-    /// The request, as the pipeline routes it.
+    /// A decoded request (OTLP JSON), as the pipeline takes it.
     fn route(request: Self::Request) -> Routed;
+    /// A request message in protobuf (a gRPC message, an OTLP/HTTP
+    /// protobuf body), as the pipeline takes it: decoded; a malformed one
+    /// is refused with prost's reason.
+    fn from_protobuf(bytes: Bytes) -> Result<Routed, Refusal> {
+        Self::Request::decode(bytes)
+            .map(Self::route)
+            .map_err(|e| Refusal::Malformed(format!("invalid protobuf: {e}")))
+    }
 }
 
-/// A decoded request of any signal.
+/// A request of any signal, as the pipeline takes it.
 pub enum Routed {
-    Traces(ExportTraceServiceRequest),
+    /// An encoded `ExportTraceServiceRequest`, not checked yet: the
+    /// pipeline checks and splits it in one pass (`wire::split`).
+    Traces(Bytes),
     Metrics(ExportMetricsServiceRequest),
-    Logs,
+    Logs(ExportLogsServiceRequest),
     Profiles(ExportProfilesServiceRequest),
 }
 
@@ -60,11 +68,12 @@ impl Signal for Traces {
     const HTTP_PATH: &'static str = "/v1/traces";
     type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
-    fn items(r: &Self::Request) -> u64 {
-        span_count(&r.resource_spans)
-    }
+    /// Encoded once, to go the way of protobuf requests.
     fn route(request: Self::Request) -> Routed {
-        Routed::Traces(request)
+        Routed::Traces(Bytes::from(request.encode_to_vec()))
+    }
+    fn from_protobuf(bytes: Bytes) -> Result<Routed, Refusal> {
+        Ok(Routed::Traces(bytes))
     }
     fn response(rejected: u64, error_message: String) -> Self::Response {
         ExportTraceServiceResponse {
@@ -85,21 +94,6 @@ impl Signal for Metrics {
     fn route(request: Self::Request) -> Routed {
         Routed::Metrics(request)
     }
-    fn items(r: &Self::Request) -> u64 {
-        let points = |d: &Data| match d {
-            Data::Gauge(g) => g.data_points.len(),
-            Data::Sum(s) => s.data_points.len(),
-            Data::Histogram(h) => h.data_points.len(),
-            Data::ExponentialHistogram(h) => h.data_points.len(),
-            Data::Summary(s) => s.data_points.len(),
-        };
-        r.resource_metrics
-            .iter()
-            .flat_map(|rm| &rm.scope_metrics)
-            .flat_map(|sm| &sm.metrics)
-            .map(|m| m.data.as_ref().map_or(0, points) as u64)
-            .sum()
-    }
     fn response(rejected: u64, error_message: String) -> Self::Response {
         ExportMetricsServiceResponse {
             partial_success: (rejected > 0).then_some(ExportMetricsPartialSuccess {
@@ -110,21 +104,31 @@ impl Signal for Metrics {
     }
 }
 
+/// The data points of a metrics request.
+pub fn data_points(r: &ExportMetricsServiceRequest) -> u64 {
+    let points = |d: &Data| match d {
+        Data::Gauge(g) => g.data_points.len(),
+        Data::Sum(s) => s.data_points.len(),
+        Data::Histogram(h) => h.data_points.len(),
+        Data::ExponentialHistogram(h) => h.data_points.len(),
+        Data::Summary(s) => s.data_points.len(),
+    };
+    r.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| m.data.as_ref().map_or(0, points) as u64)
+        .sum()
+}
+
 impl Signal for Logs {
     const NAME: &'static str = "logs";
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     const HTTP_PATH: &'static str = "/v1/logs";
     type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
-    fn route(_request: Self::Request) -> Routed {
-        Routed::Logs
-    }
-    fn items(r: &Self::Request) -> u64 {
-        r.resource_logs
-            .iter()
-            .flat_map(|rl| &rl.scope_logs)
-            .map(|sl| sl.log_records.len() as u64)
-            .sum()
+    fn route(request: Self::Request) -> Routed {
+        Routed::Logs(request)
     }
     fn response(rejected: u64, error_message: String) -> Self::Response {
         ExportLogsServiceResponse {
@@ -146,13 +150,6 @@ impl Signal for Profiles {
     fn route(request: Self::Request) -> Routed {
         Routed::Profiles(request)
     }
-    fn items(r: &Self::Request) -> u64 {
-        r.resource_profiles
-            .iter()
-            .flat_map(|rp| &rp.scope_profiles)
-            .map(|sp| sp.profiles.len() as u64)
-            .sum()
-    }
     fn response(rejected: u64, error_message: String) -> Self::Response {
         ExportProfilesServiceResponse {
             partial_success: (rejected > 0).then_some(ExportProfilesPartialSuccess {
@@ -163,16 +160,24 @@ impl Signal for Profiles {
     }
 }
 
-pub fn span_count(rs: &[opentelemetry_proto::tonic::trace::v1::ResourceSpans]) -> u64 {
-    rs.iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len() as u64)
+/// The log records of a logs request.
+pub fn log_records(r: &ExportLogsServiceRequest) -> u64 {
+    r.resource_logs
+        .iter()
+        .flat_map(|rl| &rl.scope_logs)
+        .map(|sl| sl.log_records.len() as u64)
         .sum()
 }
 
-/// Decodes a request message, as both receivers get it (an OTLP/HTTP
-/// protobuf body, a gRPC message); a malformed one is refused with prost's
-/// reason.
+/// The profiles of a profiles request.
+pub fn profile_count(r: &ExportProfilesServiceRequest) -> u64 {
+    r.resource_profiles
+        .iter()
+        .flat_map(|rp| &rp.scope_profiles)
+        .map(|sp| sp.profiles.len() as u64)
+        .sum()
+}
+
 /// Encoded export requests one after the other: the encoding of one
 /// request with all their items, as a message is its repeated top-level
 /// field (`resource_spans`, ...). How batches are made without encoding
@@ -186,58 +191,6 @@ pub fn concat_encoded(parts: &[Bytes]) -> Bytes {
         all.extend_from_slice(part);
     }
     all.freeze()
-}
-
-pub fn decode_protobuf<S: Signal>(bytes: impl bytes::Buf) -> Result<S::Request, Refusal> {
-    S::Request::decode(bytes).map_err(|e| Refusal::Malformed(format!("invalid protobuf: {e}")))
-}
-
-/// Removes the spans a trace backend cannot store (IDs of the wrong length
-/// or all zero) and returns how many were removed, with a message naming the
-/// first problem.
-pub fn retain_valid_spans(request: &mut ExportTraceServiceRequest) -> (u64, String) {
-    let mut rejected = 0u64;
-    let mut first: Option<String> = None;
-    for rs in &mut request.resource_spans {
-        for ss in &mut rs.scope_spans {
-            ss.spans.retain(|span| match span_problem(span) {
-                None => true,
-                Some(problem) => {
-                    rejected += 1;
-                    first.get_or_insert_with(|| format!("span {:?}: {problem}", span.name));
-                    false
-                }
-            });
-        }
-        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
-    }
-    request
-        .resource_spans
-        .retain(|rs| !rs.scope_spans.is_empty());
-    let message = match first {
-        None => String::new(),
-        Some(first) => format!("{rejected} invalid span(s) rejected; first: {first}"),
-    };
-    (rejected, message)
-}
-
-fn span_problem(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<String> {
-    let id = |bytes: &[u8], len: usize, what: &str| -> Option<String> {
-        if bytes.len() != len {
-            Some(format!("{what} has {} bytes, must have {len}", bytes.len()))
-        } else if bytes.iter().all(|b| *b == 0) {
-            Some(format!("{what} is all zeroes"))
-        } else {
-            None
-        }
-    };
-    id(&span.trace_id, 16, "trace_id")
-        .or_else(|| id(&span.span_id, 8, "span_id"))
-        .or_else(|| {
-            (!span.parent_span_id.is_empty())
-                .then(|| id(&span.parent_span_id, 8, "parent_span_id"))
-                .flatten()
-        })
 }
 
 /// Why a request was refused as a whole.
@@ -398,8 +351,6 @@ fn rpc_status_with_retry_info(code: i32, message: &str, delay: Duration) -> Byte
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-
     use super::*;
 
     #[test]
@@ -464,7 +415,6 @@ mod tests {
         assert_eq!(span.end_time_unix_nano, 1_544_712_661_000_000_000);
         assert_eq!(span.links[0].span_id[7], 0x75);
         assert_eq!(span.status.as_ref().unwrap().code, 2);
-        assert_eq!(Traces::items(&req), 1);
 
         // Base64 (the protobuf JSON default) is not OTLP JSON: refused, not misread.
         let b64 = json.replace("eee19b7ec3c1b174", "7uGbfsPBsXQ=");
@@ -477,54 +427,6 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["partialSuccess"]["rejectedSpans"], 2);
         assert_eq!(json["partialSuccess"]["errorMessage"], "bad");
-    }
-
-    fn span(trace: Vec<u8>, id: Vec<u8>, parent: Vec<u8>) -> Span {
-        Span {
-            trace_id: trace,
-            span_id: id,
-            parent_span_id: parent,
-            name: "s".into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn invalid_spans_are_removed_and_counted() {
-        let good = span(vec![1; 16], vec![2; 8], vec![]);
-        let mut req = ExportTraceServiceRequest {
-            resource_spans: vec![
-                ResourceSpans {
-                    scope_spans: vec![ScopeSpans {
-                        spans: vec![
-                            good.clone(),
-                            span(vec![1; 15], vec![2; 8], vec![]),
-                            span(vec![1; 16], vec![0; 8], vec![]),
-                            span(vec![1; 16], vec![2; 8], vec![3; 4]),
-                        ],
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-                ResourceSpans {
-                    scope_spans: vec![ScopeSpans {
-                        spans: vec![span(vec![0; 16], vec![2; 8], vec![])],
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-            ],
-        };
-        let (rejected, message) = retain_valid_spans(&mut req);
-        assert_eq!(rejected, 4);
-        assert!(
-            message.starts_with(
-                "4 invalid span(s) rejected; first: span \"s\": trace_id has 15 bytes"
-            ),
-            "{message}"
-        );
-        assert_eq!(req.resource_spans.len(), 1);
-        assert_eq!(req.resource_spans[0].scope_spans[0].spans, vec![good]);
     }
 
     #[test]

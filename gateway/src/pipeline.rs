@@ -1,4 +1,4 @@
-//! Where receivers hand over what they decoded. Spans go to the member of
+//! Where receivers hand over what they received. Spans go to the member of
 //! the ring that owns their trace ID (this one, or another reached over the
 //! ring service), where span observers (the span metrics) see them and the
 //! traces exporter's queue takes them; metrics (converted) and profiles go
@@ -20,7 +20,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::time::Instant;
 
@@ -28,10 +27,13 @@ use crate::exporter::TraceQueue;
 use crate::metrics::{
     ForwardErrorLabels, Metrics, OwnerLabels, ReceiverLabels, RefusedLabels, SignalLabels,
 };
-use crate::otlp::{Refusal, Routed, Signal, retain_valid_spans, span_count};
+use crate::otlp::{
+    Refusal, Routed, Signal, concat_encoded, data_points, log_records, profile_count,
+};
 use crate::profiles::ProfileQueue;
 use crate::remote_write::{SeriesQueue, TimeSeries, convert};
-use crate::ring::{ForwardError, Ring, split::split};
+use crate::ring::membership::View;
+use crate::ring::{ForwardError, Ring};
 use crate::wire;
 
 /// Sees the spans this member owns, once each, as they are accepted for
@@ -102,24 +104,21 @@ impl Pipeline {
         self
     }
 
-    /// Takes a decoded request; `Ok` means the client may consider it
-    /// delivered (the response says which items were rejected, if any).
+    /// Takes a request; `Ok` means the client may consider it delivered
+    /// (the response says which items were rejected, if any).
     pub async fn accept<S: Signal>(
         &self,
-        request: S::Request,
+        request: Routed,
         transport: &'static str,
     ) -> Result<S::Response, Refusal> {
-        let items = S::items(&request);
-        let outcome = match S::route(request) {
-            Routed::Traces(mut traces) => {
-                let (rejected, message) = retain_valid_spans(&mut traces);
-                self.route(traces).await.map(|()| (rejected, message))
-            }
-            Routed::Metrics(request) => self.accept_metrics(request, items),
-            Routed::Profiles(request) => self.accept_profiles(request, items),
-            Routed::Logs => {
+        let outcome = match request {
+            Routed::Traces(request) => self.accept_traces(request).await,
+            Routed::Metrics(request) => self.accept_metrics(request),
+            Routed::Profiles(request) => self.accept_profiles(request),
+            Routed::Logs(request) => {
+                let items = log_records(&request);
                 self.not_exported(S::NAME, items);
-                Ok((0, String::new()))
+                Ok(Accepted::all(items))
             }
         };
         let labels = ReceiverLabels {
@@ -127,7 +126,11 @@ impl Pipeline {
             transport,
         };
         match outcome {
-            Ok((rejected, message)) => {
+            Ok(Accepted {
+                items,
+                rejected,
+                message,
+            }) => {
                 self.metrics
                     .accepted_items
                     .get_or_create(&labels)
@@ -144,58 +147,74 @@ impl Pipeline {
         }
     }
 
-    /// Hands every span to the owner of its trace; `Ok` once all took theirs.
-    async fn route(&self, request: ExportTraceServiceRequest) -> Result<(), Refusal> {
-        // Nothing valid left: nothing to queue, nothing to send.
-        if request.resource_spans.is_empty() {
-            return Ok(());
+    /// Checks a client's encoded spans, drops those a trace backend cannot
+    /// store (partial success) and hands each of the others to the owner
+    /// of its trace.
+    async fn accept_traces(&self, request: Bytes) -> Result<Accepted, Refusal> {
+        let ring = self.ring.as_ref().map(|ring| (ring, ring.view()));
+        let split = split(&request, ring.as_ref().map(|(_, view)| &**view))?;
+        match ring {
+            Some((ring, view)) => self.route(ring, view, split.parts).await?,
+            // Without a ring, all is this member's: one part at most.
+            None => {
+                for part in split.parts {
+                    self.own(part.request, false).await?;
+                }
+            }
         }
-        let Some(ring) = &self.ring else {
-            return self
-                .own(Bytes::from(request.encode_to_vec()), false)
-                .await
-                .map(drop);
-        };
+        Ok(Accepted {
+            items: split.spans,
+            rejected: split.rejected,
+            message: split.message,
+        })
+    }
+
+    /// Hands every part to its owner; `Ok` once all took theirs.
+    async fn route(
+        &self,
+        ring: &Arc<Ring>,
+        mut view: Arc<View>,
+        mut parts: Vec<wire::Part<Option<usize>>>,
+    ) -> Result<(), Refusal> {
         let timeout = ring.forward_timeout();
         let deadline = Instant::now() + timeout;
-        let mut pending = vec![request];
         loop {
-            let view = ring.view();
-            let mut local = ExportTraceServiceRequest::default();
-            let mut remote: Vec<(usize, ExportTraceServiceRequest)> = Vec::new();
-            for part in pending.drain(..) {
-                for (owner, part) in split(part, |id| view.owner_index(id)) {
-                    match owner {
-                        None => local.resource_spans.extend(part.resource_spans),
-                        Some(i) => match remote.iter_mut().find(|(o, _)| *o == i) {
-                            Some((_, r)) => r.resource_spans.extend(part.resource_spans),
-                            None => remote.push((i, part)),
-                        },
-                    }
+            let mut local = Vec::new();
+            let mut remote: Vec<(usize, Vec<Bytes>, u64)> = Vec::new();
+            for part in parts.drain(..) {
+                match part.owner {
+                    None => local.push(part.request),
+                    Some(i) => match remote.iter_mut().find(|(o, _, _)| *o == i) {
+                        Some((_, requests, spans)) => {
+                            requests.push(part.request);
+                            *spans += part.spans;
+                        }
+                        None => remote.push((i, vec![part.request], part.spans)),
+                    },
                 }
             }
             // Local first: if this member's queue is full, nothing is
             // forwarded that the client's retry would send again.
-            if !local.resource_spans.is_empty() {
-                let spans = self.own(Bytes::from(local.encode_to_vec()), false).await?;
+            if !local.is_empty() {
+                let spans = self.own(concat_encoded(&local), false).await?;
                 self.routed("local", spans);
             }
             if remote.is_empty() {
                 return Ok(());
             }
-            let forwards = remote.into_iter().map(|(i, part)| {
+            let forwards = remote.into_iter().map(|(i, requests, spans)| {
                 let peer = ring.peer(&view.members()[i].addr);
-                let body = Bytes::from(part.encode_to_vec());
-                async move { (ring.forward_spans(&peer, body).await, part) }
+                let body = concat_encoded(&requests);
+                async move { (ring.forward_spans(&peer, body.clone()).await, body, spans) }
             });
+            let mut pending = Vec::new();
             let mut refusal = None;
-            for (result, part) in futures::future::join_all(forwards).await {
-                let spans = span_count(&part.resource_spans);
+            for (result, body, spans) in futures::future::join_all(forwards).await {
                 match result {
                     Ok(()) => self.routed("remote", spans),
                     Err(ForwardError::Unreachable { .. }) => {
                         self.forward_error(ForwardErrorLabels::UNREACHABLE);
-                        pending.push(part);
+                        pending.push(body);
                     }
                     Err(ForwardError::Refused { peer, status }) => {
                         self.forward_error(ForwardErrorLabels::REFUSED);
@@ -219,6 +238,10 @@ impl Pipeline {
             // view has not moved on: then do not spin.
             if Arc::ptr_eq(&view, &ring.view()) {
                 tokio::time::sleep((deadline - now).min(Duration::from_millis(50))).await;
+            }
+            view = ring.view();
+            for request in pending {
+                parts.extend(split(&request, Some(&view))?.parts);
             }
         }
     }
@@ -262,8 +285,8 @@ impl Pipeline {
 
     /// Spans another member forwarded: this member owns them. Answered once
     /// they are exported (or refused for good by the backend). They are
-    /// read without a copy and exported as they came: the forwarder encoded
-    /// them from a request it decoded and checked.
+    /// read without a copy and exported as they came: the forwarder checked
+    /// them (`wire::split`).
     pub async fn accept_forwarded(&self, body: Bytes) -> Result<(), tonic::Status> {
         let spans = self.own(body, true).await.map_err(|r| r.to_grpc())?;
         self.metrics.ring.received_spans.inc_by(spans);
@@ -298,35 +321,33 @@ impl Pipeline {
 
     /// Converts to Prometheus series and queues them; data points with no
     /// Prometheus form are rejected (partial success).
-    fn accept_metrics(
-        &self,
-        request: ExportMetricsServiceRequest,
-        items: u64,
-    ) -> Result<(u64, String), Refusal> {
+    fn accept_metrics(&self, request: ExportMetricsServiceRequest) -> Result<Accepted, Refusal> {
+        let items = data_points(&request);
         let Some(queue) = &self.series else {
             self.not_exported(crate::otlp::Metrics::NAME, items);
-            return Ok((0, String::new()));
+            return Ok(Accepted::all(items));
         };
         let converted = convert::convert(&request, &self.metrics.converter);
         let samples = TimeSeries::samples(&converted.series);
         if samples > 0 {
             queue.push(samples, converted.series)?;
         }
-        Ok((converted.rejected, converted.message))
+        Ok(Accepted {
+            items,
+            rejected: converted.rejected,
+            message: converted.message,
+        })
     }
 
     /// Queues the request as it came, for Pyroscope.
-    fn accept_profiles(
-        &self,
-        request: ExportProfilesServiceRequest,
-        items: u64,
-    ) -> Result<(u64, String), Refusal> {
+    fn accept_profiles(&self, request: ExportProfilesServiceRequest) -> Result<Accepted, Refusal> {
+        let items = profile_count(&request);
         match &self.profiles {
             None => self.not_exported(crate::otlp::Profiles::NAME, items),
             Some(_) if items == 0 => {}
             Some(queue) => queue.push(items, Bytes::from(request.encode_to_vec()))?,
         }
-        Ok((0, String::new()))
+        Ok(Accepted::all(items))
     }
 
     /// Counts a request refused as a whole and hands the refusal back.
@@ -360,6 +381,31 @@ impl Pipeline {
     }
 }
 
+/// The items of a request the pipeline took, and those it rejected
+/// (partial success) with why.
+struct Accepted {
+    items: u64,
+    rejected: u64,
+    message: String,
+}
+
+impl Accepted {
+    fn all(items: u64) -> Self {
+        Accepted {
+            items,
+            rejected: 0,
+            message: String::new(),
+        }
+    }
+}
+
+/// [`wire::split`] of a client's encoded spans by their owner in `view`
+/// (`None`: this member, as without a ring).
+fn split(request: &Bytes, view: Option<&View>) -> Result<wire::Split<Option<usize>>, Refusal> {
+    wire::split(request, |id| view.and_then(|v| v.owner_index(id)))
+        .map_err(|e| Refusal::Malformed(format!("invalid protobuf: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -381,7 +427,10 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let response = pipeline.accept::<Traces>(request, "grpc").await.unwrap();
+        let response = pipeline
+            .accept::<Traces>(Traces::route(request), "grpc")
+            .await
+            .unwrap();
         assert_eq!(response.partial_success.unwrap().rejected_spans, 1);
         assert_eq!(queue.held(), 0);
     }

@@ -9,6 +9,7 @@ mod checks;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
@@ -26,17 +27,18 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
 use prost::Message;
 use vispyr_gateway::http::{Format, decode_http};
-use vispyr_gateway::otlp::{Refusal, Traces};
+use vispyr_gateway::otlp::{Refusal, Routed, Traces};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 4] = [
+const TARGETS: [(&str, Target); 5] = [
     ("http_protobuf", checks::http_protobuf),
     ("http_json", checks::http_json),
     ("http_gzip", checks::http_gzip),
     ("grpc", |data| {
         checks::grpc(data);
     }),
+    ("trace_split", checks::trace_split),
 ];
 
 /// Per target: a few thousand inputs, a few seconds unoptimized.
@@ -90,6 +92,40 @@ fn traces() -> ExportTraceServiceRequest {
             }],
             ..Default::default()
         }],
+    }
+}
+
+/// Spans of several traces under two resources and three scopes, one with
+/// an invalid span ID: what `wire::split` has to take apart.
+fn mixed_traces() -> ExportTraceServiceRequest {
+    let span = |trace: u8, id: u8| Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        name: format!("op {id}"),
+        attributes: vec![string("http.route", "/cart")],
+        ..Default::default()
+    };
+    let scope = |spans: Vec<Span>| ScopeSpans {
+        spans,
+        schema_url: "s".into(),
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![
+            ResourceSpans {
+                resource: resource(),
+                scope_spans: vec![
+                    scope(vec![span(1, 1), span(2, 2), span(1, 3), span(3, 0)]),
+                    scope(vec![span(4, 4)]),
+                ],
+                ..Default::default()
+            },
+            ResourceSpans {
+                resource: resource(),
+                scope_spans: vec![scope(vec![span(2, 5), span(5, 6)])],
+                schema_url: "r".into(),
+            },
+        ],
     }
 }
 
@@ -246,6 +282,14 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             with(signal | 4, &frame(true, &gzip(&proto))),
         ));
     }
+    let mixed = mixed_traces().encode_to_vec();
+    seeds.push(("trace_split", "one-owner".into(), with(0, &mixed)));
+    seeds.push(("trace_split", "three-owners".into(), with(2, &mixed)));
+    seeds.push((
+        "trace_split",
+        "traces".into(),
+        with(3, &traces().encode_to_vec()),
+    ));
     seeds.push(("http_gzip", "bomb".into(), with(0, &bomb())));
     seeds.push(("grpc", "bomb".into(), with(4, &frame(true, &bomb()))));
     seeds
@@ -306,19 +350,30 @@ fn valid_requests_decode_and_bombs_are_refused() {
         assert_eq!(code, want, "grpc seed {name}");
     }
     let traces = traces().encode_to_vec();
-    let decoded = decode_http::<Traces>(Format::Protobuf, Some(b"gzip"), &gzip(&traces), 1 << 12);
-    assert_eq!(decoded.unwrap(), self::traces());
-    assert_eq!(
-        decode_http::<Traces>(Format::Protobuf, Some(b"gzip"), &bomb(), checks::LIMIT),
-        Err(Refusal::TooLarge {
-            size: None,
-            limit: checks::LIMIT
-        })
+    let gzipped = Bytes::from(gzip(&traces));
+    let decoded = decode_http::<Traces>(Format::Protobuf, Some(b"gzip"), gzipped, 1 << 12);
+    assert!(matches!(decoded, Ok(Routed::Traces(encoded)) if encoded == traces));
+    let bomb = decode_http::<Traces>(
+        Format::Protobuf,
+        Some(b"gzip"),
+        bomb().into(),
+        checks::LIMIT,
     );
     assert!(matches!(
-        decode_http::<Traces>(Format::Json, Some(b"br"), b"{}", checks::LIMIT),
+        bomb,
+        Err(Refusal::TooLarge { size: None, limit }) if limit == checks::LIMIT
+    ));
+    let json = Bytes::from_static(b"{}");
+    assert!(matches!(
+        decode_http::<Traces>(Format::Json, Some(b"br"), json, checks::LIMIT),
         Err(Refusal::UnsupportedEncoding(e)) if e == "br"
     ));
+    // Spans of several owners: the parts are what splitting the decoded
+    // request gives, for any number of owners.
+    let mixed = Bytes::from(mixed_traces().encode_to_vec());
+    for owners in 1..=4 {
+        checks::split_like_prost(&mixed, owners);
+    }
 }
 
 /// A small xorshift: reproducible without a dependency.

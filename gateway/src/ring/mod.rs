@@ -21,7 +21,6 @@ pub mod coalesce;
 pub mod hashing;
 pub mod membership;
 pub mod server;
-pub mod split;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
