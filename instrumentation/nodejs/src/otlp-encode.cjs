@@ -212,6 +212,14 @@ class ProtoWriter {
     this.buf[p] = v;
   }
 
+  /** `value`, written by `write(w, value)`, as the length-delimited field `field`. */
+  message(field, write, value) {
+    this.tag(field, WIRE_LEN);
+    const start = this.begin();
+    write(this, value);
+    this.end(start);
+  }
+
   /** Appends a few bytes (by a loop: no native call for a short copy). */
   small(b) {
     const n = b.length;
@@ -257,12 +265,7 @@ function writeAnyValue(w, value) {
   } else if (Array.isArray(value)) {
     w.tag(5, WIRE_LEN);
     const array = w.begin();
-    for (const item of value) {
-      w.tag(1, WIRE_LEN);
-      const v = w.begin();
-      writeAnyValue(w, item);
-      w.end(v);
-    }
+    for (const item of value) w.message(1, writeAnyValue, item);
     w.end(array);
   } else if (t === 'object' && value !== null) {
     w.tag(6, WIRE_LEN);
@@ -372,20 +375,10 @@ function writeSpan(w, span) {
   if (span.attributes) writeKeyValues(w, span.attributes, 9);
   w.tag(10, WIRE_VARINT);
   w.varint(span.droppedAttributesCount);
-  for (const event of span.events) {
-    w.tag(11, WIRE_LEN);
-    const e = w.begin();
-    writeEvent(w, event);
-    w.end(e);
-  }
+  for (const event of span.events) w.message(11, writeEvent, event);
   w.tag(12, WIRE_VARINT);
   w.varint(span.droppedEventsCount);
-  for (const link of span.links) {
-    w.tag(13, WIRE_LEN);
-    const l = w.begin();
-    writeLink(w, link);
-    w.end(l);
-  }
+  for (const link of span.links) w.message(13, writeLink, link);
   w.tag(14, WIRE_VARINT);
   w.varint(span.droppedLinksCount);
   w.tag(15, WIRE_LEN);
