@@ -3,12 +3,13 @@
 // a little CPU work (about 0.2 ms on the reference machine, see
 // docs/benchmarks.md) and answers with a small JSON document. The same file
 // runs in every variant; only NODE_OPTIONS differs (no preload, the preload,
-// the preload plus the profiler's V8 perf-map flags).
+// the preload plus the profiler's V8 perf-map flags), and BENCH_ADDED_US for
+// the calibration variant.
 //
 // Started by run.mjs with an IPC channel: sends {type:'ready', port} once
 // listening, and answers {type:'stats'} with cumulative counters: requests
-// served, the time spent inside the work itself, and the event loop's busy
-// and idle time (performance.eventLoopUtilization). The
+// served, the time spent inside the work itself and in the added cost, and
+// the event loop's busy and idle time (performance.eventLoopUtilization). The
 // time inside the work is the yardstick run.mjs uses to take out the speed
 // of a shared, noisy CPU (see there). Writes nothing on stdout: whatever
 // appears there came from the preload, which must never write to it.
@@ -53,9 +54,22 @@ function work(seed) {
   return JSON.stringify({ seed, count: parsed.length, top });
 }
 
+// Microseconds of CPU added to every request outside the work (the
+// calibration variant of run.mjs): a cost of known size, measured the same
+// way as the preload's.
+const ADDED_US = Number(process.env.BENCH_ADDED_US) || 0;
+
+// The added cost: a busy loop on the clock, which allocates nothing (no
+// garbage to collect beyond what it is charged for).
+function spin(us) {
+  const until = performance.now() + us / 1000;
+  while (performance.now() < until);
+}
+
 let counter = 0;
 let requests = 0;
 let workNs = 0n;
+let addedNs = 0n;
 const server = http.createServer((req, res) => {
   if (req.method !== 'GET' || !req.url.startsWith('/work')) {
     res.writeHead(404).end();
@@ -64,7 +78,12 @@ const server = http.createServer((req, res) => {
   counter = (counter + 1) % 1000000;
   const t0 = process.hrtime.bigint();
   const body = work(counter);
-  workNs += process.hrtime.bigint() - t0;
+  const t1 = process.hrtime.bigint();
+  workNs += t1 - t0;
+  if (ADDED_US > 0) {
+    spin(ADDED_US);
+    addedNs += process.hrtime.bigint() - t1;
+  }
   requests += 1;
   res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
   res.end(body);
@@ -78,6 +97,7 @@ process.on('message', (msg) => {
     type: 'stats',
     requests,
     workMs: Number(workNs) / 1e6,
+    addedMs: Number(addedNs) / 1e6,
     activeMs: elu.active,
     idleMs: elu.idle,
   });
