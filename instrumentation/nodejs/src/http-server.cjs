@@ -26,7 +26,6 @@
 
 const api = require('@opentelemetry/api');
 const core = require('@opentelemetry/core');
-const { errorMonitor } = require('node:events');
 const { performance } = require('node:perf_hooks');
 const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http');
 const utils = require('@opentelemetry/instrumentation-http/build/src/utils.js');
@@ -79,22 +78,23 @@ class MetricAttributeSets {
   }
 
   /**
-   * route: undefined when there is none; errorType: NO_ERROR when there is
-   * none (an error without a name gives the key with an undefined value,
-   * as upstream).
+   * code and route: undefined when there is none (upstream records neither
+   * for an error of the response or of the handler); errorType: NO_ERROR
+   * when there is none (an error without a name gives the key with an
+   * undefined value, as upstream).
    */
   get(method, scheme, version, code, route, errorType) {
     const routePart = keyPart(route);
     const errorPart = errorType === NO_ERROR ? '-' : errorType === undefined ? '?' : keyPart(errorType);
     // Method (normalised), scheme, version and code hold no space, the two
     // free strings are length-prefixed: distinct sets have distinct keys.
-    const cacheable = routePart !== null && errorPart !== null && typeof code === 'number';
+    const cacheable = routePart !== null && errorPart !== null && (typeof code === 'number' || code === undefined);
     const key = !cacheable ? null : `${method} ${scheme} ${version || ''} ${code} ${routePart} ${errorPart}`;
     let attributes = key === null ? undefined : this._sets.get(key);
     if (attributes !== undefined) return attributes;
     attributes = { 'http.request.method': method, 'url.scheme': scheme };
     if (version) attributes['network.protocol.version'] = version;
-    attributes[ATTR_STATUS_CODE] = code;
+    if (code !== undefined) attributes[ATTR_STATUS_CODE] = code;
     if (route !== undefined) attributes[ATTR_ROUTE] = route;
     if (errorType !== NO_ERROR) attributes['error.type'] = errorType;
     if (key === null || this._sets.size >= MAX_METRIC_ATTRIBUTE_SETS) return attributes;
@@ -192,33 +192,99 @@ function plainRequestAttributes(request, component) {
 
 // The context of the request an IncomingMessage or ServerResponse belongs to.
 const kContext = Symbol('vispyr.http-server.context');
+// The ServerRequest of a ServerResponse: its span, until the response ends.
+const kServerRequest = Symbol('vispyr.http-server.request');
+
+/** One incoming request's span and what ending it needs. */
+class ServerRequest {
+  constructor(inst, method, attributes, startTime, span, rpc, response) {
+    this.inst = inst;
+    this.method = method;
+    this.attributes = attributes;
+    this.startTime = startTime;
+    this.span = span;
+    this.rpc = rpc; // framework instrumentations (express, koa, ...) set rpc.route
+    this.response = response;
+    this.ended = false;
+  }
+
+  /**
+   * Ends the span (once) and records the request's duration. As upstream: a
+   * response that ends gives the status code and the route; an error of
+   * the response or of the handler gives only the error.
+   */
+  end(error) {
+    if (this.ended) return;
+    this.ended = true;
+    const span = this.span;
+    let code;
+    let route;
+    let errorType = NO_ERROR;
+    if (error) {
+      utils.setSpanWithError(span, error);
+      errorType = error.name;
+    } else {
+      code = this.response.statusCode;
+      route = this.rpc.route;
+      span.setAttribute(ATTR_STATUS_CODE, code);
+      if (route !== undefined) {
+        span.setAttribute(ATTR_ROUTE, route);
+        span.updateName(`${this.method} ${route}`);
+      }
+      span.setStatus({ code: utils.parseResponseStatus(api.SpanKind.SERVER, code) });
+      if (code >= 500 && code < 600) errorType = String(code);
+    }
+    span.end();
+    const attributes = this.attributes;
+    const metricAttributes = this.inst._metricAttributeSets.get(
+      attributes['http.request.method'],
+      attributes['url.scheme'],
+      attributes['network.protocol.version'],
+      code,
+      route,
+      errorType,
+    );
+    this.inst._recordServerDuration(performance.now() - this.startTime, metricAttributes);
+  }
+}
 
 /**
- * Makes the events of a server's request and response run in the request's
- * context, as upstream's binding of both emitters does (context.bind): the
- * request's 'data' and 'end', emitted from the socket outside the handler's
- * async context, must see the server span, e.g. for a call to another
- * service made once the body is read. Upstream patches seven methods on
- * each of the two objects per request and wraps every listener added later;
- * here the two prototypes' emit looks the context up once per event that
- * has listeners, and switches to it only when it is not the active one
- * already (events emitted from the handler, or from callbacks it scheduled,
- * are). Returns the function that restores the prototypes.
+ * Patches the emit of a server's requests and responses (IncomingMessage,
+ * ServerResponse), for two things upstream does per request with closures
+ * and listeners:
+ * - the events of both run in the request's context, as upstream's binding
+ *   of both emitters does (context.bind): the request's 'data' and 'end',
+ *   emitted from the socket outside the handler's async context, must see
+ *   the server span, e.g. for a call to another service made once the body
+ *   is read. Upstream patches seven methods on each of the two objects per
+ *   request and wraps every listener added later; here emit looks the
+ *   context up once per event that has listeners, and switches to it only
+ *   when it is not the active one already (events emitted from the handler,
+ *   or from callbacks it scheduled, are);
+ * - a response's 'error' or 'close' ends its span before the event's
+ *   listeners run, as upstream's errorMonitor and 'close' listeners, added
+ *   first, do (after 'error' only 'close' follows: the error ends the span).
+ * Returns the function that restores the prototypes.
  */
-function runEventsInRequestContext() {
+function patchServerEmits() {
   const http = require('node:http');
   const restores = [];
   for (const proto of [http.IncomingMessage.prototype, http.ServerResponse.prototype]) {
     const own = Object.getOwnPropertyDescriptor(proto, 'emit');
     const original = proto.emit;
+    const endsSpan = proto === http.ServerResponse.prototype;
     proto.emit = function emit(type) {
       const ctx = this[kContext];
+      if (ctx === undefined) return original.apply(this, arguments);
+      if (endsSpan && (type === 'close' || type === 'error')) {
+        this[kServerRequest].end(type === 'error' ? arguments[1] : undefined);
+      }
       // An event nobody listens to runs no code that could see the context
       // (about half of a request's events: 'resume', 'readable', 'socket',
       // 'prefinish', ...); an 'error' that nobody listens to throws, in any
-      // context, after its errorMonitor listeners, which come back here.
+      // context.
       const events = this._events;
-      if (ctx === undefined || events === undefined || events[type] === undefined || api.context.active() === ctx) {
+      if (events === undefined || events[type] === undefined || api.context.active() === ctx) {
         return original.apply(this, arguments);
       }
       return api.context.with(ctx, original, this, ...arguments);
@@ -229,6 +295,16 @@ function runEventsInRequestContext() {
     });
   }
   return () => restores.forEach((restore) => restore());
+}
+
+/** The server's 'request' listeners, in the request's context; an exception they throw ends the span. */
+function handleRequest(original, server, event, request, response) {
+  try {
+    return original.call(server, event, request, response);
+  } catch (error) {
+    response[kServerRequest].end(error);
+    throw error;
+  }
 }
 
 class LeanServerHttpInstrumentation extends HttpInstrumentation {
@@ -243,7 +319,7 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
   _incomingRequestFunction(component, original) {
     const inst = this;
     if (!this._metricAttributeSets) this._metricAttributeSets = new MetricAttributeSets();
-    if (!this._restoreEmits) this._restoreEmits = runEventsInRequestContext();
+    if (!this._restoreEmits) this._restoreEmits = patchServerEmits();
     const attributeOptions = { component, enableSyntheticSourceDetection: false };
     return function incomingRequest(event, request, response) {
       if (event !== 'request') return original.apply(this, arguments);
@@ -258,54 +334,12 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
       // OTEL_* variables can choose looks at them.
       const span = inst.tracer.startSpan(method, SERVER_SPAN, parent);
       span.setAttributes(attributes);
-      // Framework instrumentations (express, koa, ...) set rpc.route.
       const rpc = { type: core.RPCType.HTTP, span };
       const ctx = core.setRPCMetadata(api.trace.setSpan(parent, span), rpc);
-
-      let ended = false;
-      const end = (error) => {
-        if (ended) return;
-        ended = true;
-        const code = response.statusCode;
-        const route = rpc.route;
-        span.setAttribute(ATTR_STATUS_CODE, code);
-        if (route !== undefined) {
-          span.setAttribute(ATTR_ROUTE, route);
-          span.updateName(`${method} ${route}`);
-        }
-        let errorType = NO_ERROR;
-        if (error) {
-          utils.setSpanWithError(span, error);
-          errorType = error.name;
-        } else {
-          span.setStatus({ code: utils.parseResponseStatus(api.SpanKind.SERVER, code) });
-          if (code >= 500 && code < 600) errorType = String(code);
-        }
-        span.end();
-        const metricAttributes = inst._metricAttributeSets.get(
-          attributes['http.request.method'],
-          attributes['url.scheme'],
-          attributes['network.protocol.version'],
-          code,
-          route,
-          errorType,
-        );
-        inst._recordServerDuration(performance.now() - startTime, metricAttributes);
-      };
-
-      // After 'error' only 'close' follows: the error ends the span.
-      response.on(errorMonitor, end);
-      response.on('close', () => end());
+      response[kServerRequest] = new ServerRequest(inst, method, attributes, startTime, span, rpc, response);
       request[kContext] = ctx;
       response[kContext] = ctx;
-      return api.context.with(ctx, () => {
-        try {
-          return original.call(this, event, request, response);
-        } catch (error) {
-          end(error);
-          throw error;
-        }
-      });
+      return api.context.with(ctx, handleRequest, undefined, original, this, event, request, response);
     };
   }
 }
