@@ -15,12 +15,14 @@
 // same span: same tracer (scope @opentelemetry/instrumentation-http), name
 // "<METHOD>" or "<METHOD> <route>" once a framework instrumentation has set
 // the route in the RPC metadata, kind SERVER, the upstream request
-// attributes, http.response.status_code and http.route, error status on 5xx
-// or on an error of the response, W3C trace context extracted from the
-// headers, and the span active while the application handles the request
-// and in the events of the request and the response. The
-// http.server.request.duration histogram is recorded as upstream. Outgoing requests, https and everything else are the upstream
-// class's code, unchanged. The package pins the upstream version, and the
+// attributes, http.response.status_code and http.route, error status on 5xx,
+// or the error alone when the handler throws or the response fails, W3C
+// trace context extracted from the headers, and the span active while the
+// application handles the request and in the events of the request and the
+// response. The http.server.request.duration histogram is recorded as
+// upstream (but for one aliasing bug of upstream's, see test/cjs.test.mjs).
+// Outgoing requests, https and everything else are the upstream class's
+// code, unchanged. The package pins the upstream version, and the
 // tests assert the span shape, so an upgrade that changes the internals this
 // relies on (the _incomingRequestFunction hook, the utils module) fails them.
 
