@@ -229,10 +229,9 @@ class ServerRequest {
       code = this.response.statusCode;
       route = this.rpc.route;
       span.setAttribute(ATTR_STATUS_CODE, code);
-      if (route !== undefined) {
-        span.setAttribute(ATTR_ROUTE, route);
-        span.updateName(`${this.method} ${route}`);
-      }
+      if (route !== undefined) span.setAttribute(ATTR_ROUTE, route);
+      // As upstream: an empty route is an attribute, not a name.
+      if (route) span.updateName(`${this.method} ${route}`);
       span.setStatus({ code: utils.parseResponseStatus(api.SpanKind.SERVER, code) });
       if (code >= 500 && code < 600) errorType = String(code);
     }
@@ -346,4 +345,4 @@ class LeanServerHttpInstrumentation extends HttpInstrumentation {
   }
 }
 
-module.exports = { LeanServerHttpInstrumentation, plainRequestAttributes, MetricAttributeSets, NO_ERROR };
+module.exports = { LeanServerHttpInstrumentation, ServerRequest, plainRequestAttributes, MetricAttributeSets, NO_ERROR };

@@ -150,3 +150,48 @@ test('server duration attribute sets: built once per set, frozen, upstream order
   ]);
   await provider.shutdown();
 });
+
+test("ending a request's span: the route names it only when not empty; an error gives the error alone, as upstream", () => {
+  const { ServerRequest, MetricAttributeSets } = require('../src/http-server.cjs');
+  const end = (route, error) => {
+    const calls = [];
+    const span = {
+      setAttribute: (k, v) => calls.push(['attribute', k, v]),
+      updateName: (n) => calls.push(['name', n]),
+      setStatus: (s) => calls.push(['status', s.code]),
+      recordException: (e) => calls.push(['exception', e.message]),
+      end: () => calls.push(['end']),
+    };
+    const recorded = [];
+    const inst = { _metricAttributeSets: new MetricAttributeSets(), _recordServerDuration: (ms, attributes) => recorded.push({ ...attributes }) };
+    const attributes = { 'http.request.method': 'GET', 'url.scheme': 'http', 'network.protocol.version': '1.1' };
+    const request = new ServerRequest(inst, 'GET', attributes, 0, span, { route }, { statusCode: 200 });
+    request.end(error);
+    request.end(error); // once only
+    return { calls, recorded };
+  };
+  const base = { 'http.request.method': 'GET', 'url.scheme': 'http', 'network.protocol.version': '1.1' };
+
+  const named = end('/users/:id');
+  assert.deepEqual(named.calls, [
+    ['attribute', 'http.response.status_code', 200],
+    ['attribute', 'http.route', '/users/:id'],
+    ['name', 'GET /users/:id'],
+    ['status', 0],
+    ['end'],
+  ]);
+  assert.deepEqual(named.recorded, [{ ...base, 'http.response.status_code': 200, 'http.route': '/users/:id' }]);
+
+  const empty = end('');
+  assert.ok(empty.calls.some(([kind, k]) => kind === 'attribute' && k === 'http.route'));
+  assert.ok(!empty.calls.some(([kind]) => kind === 'name'), 'an empty route does not rename the span');
+
+  const failed = end('/users/:id', new TypeError('boom'));
+  assert.deepEqual(failed.calls, [
+    ['attribute', 'error.type', 'TypeError'],
+    ['status', 2],
+    ['exception', 'boom'],
+    ['end'],
+  ]);
+  assert.deepEqual(failed.recorded, [{ ...base, 'error.type': 'TypeError' }]);
+});
