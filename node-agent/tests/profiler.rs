@@ -313,8 +313,12 @@ exports.fixtureWork = function fixtureWork(n) {
 };
 "#;
 
-#[test]
-fn javascript_functions_are_named_with_their_kind() {
+/// The samples of the Node.js app above, started as an injected pod starts
+/// it: the operator's NODE_OPTIONS with profiling on (the preload from the
+/// init container's payload, then the perf-map flags), plus
+/// `VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE` when `inlining_limit` is
+/// given. Only the profiler is under test here: the SDK stays off.
+fn node_app_samples(inlining_limit: Option<&str>) -> Vec<Sample> {
     let dir = tempfile::tempdir().unwrap();
     let pkg = dir.path().join("node_modules/@vispyr-test/fixture");
     std::fs::create_dir_all(&pkg).unwrap();
@@ -322,10 +326,6 @@ fn javascript_functions_are_named_with_their_kind() {
     let app = dir.path().join("app.js");
     std::fs::write(&app, APP_JS).unwrap();
 
-    // Started as an injected pod starts it: the operator's NODE_OPTIONS with
-    // profiling on (the preload, which limits inlining while V8 writes a perf
-    // map, and the perf-map flags), the preload from the init container's
-    // payload. Only the profiler is under test here: the SDK stays off.
     let payload = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../instrumentation/nodejs/dist/payload/register.cjs");
     assert!(
@@ -343,25 +343,61 @@ fn javascript_functions_are_named_with_their_kind() {
         ),
     )
     .env("OTEL_SDK_DISABLED", "true")
+    .env_remove("VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE")
     .arg(&app)
     .current_dir(dir.path());
+    if let Some(limit) = inlining_limit {
+        cmd.env("VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE", limit);
+    }
     let node = start(cmd);
-    let pid = node.pid();
+    sample(&mut profiler, node.pid(), 200).0
+}
 
-    let (samples, _) = sample(&mut profiler, pid, 200);
-    let hot = share(&samples, |s| {
-        s.frames
-            .iter()
-            .any(|f| &*f.function == "vispyrHot" && f.kind == FrameKind::Js)
-    });
-    let internal = share(&samples, |s| {
+fn names_vispyr_hot(s: &Sample) -> bool {
+    s.frames
+        .iter()
+        .any(|f| &*f.function == "vispyrHot" && f.kind == FrameKind::Js)
+}
+
+fn has_node_internal(s: &Sample) -> bool {
+    s.frames.iter().any(|f| {
+        f.kind == FrameKind::NodeInternal
+            && f.file
+                .as_deref()
+                .is_some_and(|p| p.starts_with("node:internal/"))
+    })
+}
+
+/// V8's own inlining, the default: TurboFan inlines `vispyrHot` into the
+/// script's loop, so its samples are charged to the frame of the script
+/// itself; every sample still names JavaScript of app.js.
+#[test]
+fn javascript_functions_are_named_with_their_kind() {
+    let samples = node_app_samples(None);
+    let app_js = share(&samples, |s| {
         s.frames.iter().any(|f| {
-            f.kind == FrameKind::NodeInternal
-                && f.file
-                    .as_deref()
-                    .is_some_and(|p| p.starts_with("node:internal/"))
+            f.kind == FrameKind::Js && f.file.as_deref().is_some_and(|p| p.ends_with("/app.js"))
         })
     });
+    let internal = share(&samples, has_node_internal);
+    eprintln!(
+        "node, V8's inlining: {} samples, {:.1}% in app.js, {:.1}% name vispyrHot, {:.1}% node:internal",
+        total(&samples),
+        app_js * 100.0,
+        share(&samples, names_vispyr_hot) * 100.0,
+        internal * 100.0
+    );
+    assert!(app_js >= 0.9, "{app_js:.3} of samples name app.js: {samples:#?}");
+    assert!(internal > 0.0, "no node:internal frame: {samples:#?}");
+}
+
+/// With an inlining limit, functions larger than it keep frames of their
+/// own: the hot function and the npm package's.
+#[test]
+fn an_inlining_limit_gives_hot_functions_frames_of_their_own() {
+    let samples = node_app_samples(Some("27"));
+    let hot = share(&samples, names_vispyr_hot);
+    let internal = share(&samples, has_node_internal);
     let package = share(&samples, |s| {
         s.frames.iter().any(|f| {
             f.kind == FrameKind::NodeModules
@@ -370,7 +406,7 @@ fn javascript_functions_are_named_with_their_kind() {
         })
     });
     eprintln!(
-        "node: {} samples, {:.1}% name vispyrHot, {:.1}% node:internal, {:.1}% @vispyr-test/fixture",
+        "node, inlining limit 27: {} samples, {:.1}% name vispyrHot, {:.1}% node:internal, {:.1}% @vispyr-test/fixture",
         total(&samples),
         hot * 100.0,
         internal * 100.0,
