@@ -387,7 +387,10 @@ fn javascript_functions_are_named_with_their_kind() {
         share(&samples, names_vispyr_hot) * 100.0,
         internal * 100.0
     );
-    assert!(app_js >= 0.9, "{app_js:.3} of samples name app.js: {samples:#?}");
+    assert!(
+        app_js >= 0.9,
+        "{app_js:.3} of samples name app.js: {samples:#?}"
+    );
     assert!(internal > 0.0, "no node:internal frame: {samples:#?}");
 }
 
