@@ -10,7 +10,7 @@
 //   --warmup S        BENCH_WARMUP       warmup seconds per slot      (1.5)
 //   --connections N   BENCH_CONNECTIONS  autocannon connections       (10)
 //   --variants a,b,c  BENCH_VARIANTS     which variants (keys below)  (baseline,preload,preload+perf)
-//   --extra           BENCH_EXTRA=1      add the diagnostic variants (perf-inlining-limit, upstream-http-server, upstream-span-export, sampled-10, no-metrics, no-traces, http-only, no-http)
+//   --extra           BENCH_EXTRA=1      add the diagnostic variants (perf-inlining-limit, perf-map-only, native-stack-only, upstream-http-server, upstream-span-export, sampled-10, no-metrics, no-traces, http-only, no-http)
 //   --known-cost US   BENCH_KNOWN_COST   CPU microseconds the calibration variant adds per request (30)
 //   --inlining-limit N BENCH_INLINING_LIMIT bytes of bytecode of variant perf-inlining-limit (27)
 //   --concurrent      BENCH_CONCURRENT=1 run a round's variants at the same time on the app's CPU (below)
@@ -43,11 +43,11 @@
 // --concurrent: every round starts all its variants together, pinned to the
 // same CPU, and loads them at the same time (warmup and measured time
 // multiplied by their number, so that each gets about the CPU time it gets
-// alone). The scheduler shares the CPU between them, so a change of the
-// host's speed hits every variant alike, at every instant: the ratio of
-// their requests per CPU-second is then precise to a fraction of a percent
-// (an A/A run of one variant against itself: 1.00), where the rounds of the
-// default mode scatter by several percent. What it measures is the cost
+// alone), in an order that turns every round. The scheduler shares the CPU
+// between them, so a change of the host's speed hits every variant alike,
+// at every instant: the per-round ratios of their requests per CPU-second
+// scatter by 1-3% (an A/A run of one variant against itself: 0.995), where
+// those of the default mode scatter by 5-15%. What it measures is the cost
 // with the CPU shared, caches and all, as on a busy node: costs that touch
 // more code or memory measure larger than alone (docs/benchmarks.md, "The
 // inlining limit"). Verdicts are then on requests per CPU-second.
@@ -103,6 +103,9 @@ const VARIANTS = {
     nodeOptions: PRELOAD,
     env: { OTEL_NODE_DISABLED_INSTRUMENTATIONS: 'http' },
   },
+  // Each of the two flags alone: which of them costs.
+  'perf-map-only': { label: 'preload + --perf-basic-prof-only-functions', nodeOptions: `${PRELOAD} --perf-basic-prof-only-functions`, exports: true, perfMap: true },
+  'native-stack-only': { label: 'preload + --interpreted-frames-native-stack', nodeOptions: `${PRELOAD} --interpreted-frames-native-stack`, exports: true },
   // The limit is --inlining-limit (parseArgs fills it in).
   'perf-inlining-limit': {
     label: 'preload + perf-map flags, inlining limit',
@@ -132,7 +135,7 @@ const VARIANTS = {
   },
 };
 const DEFAULT_VARIANTS = ['baseline', 'preload', 'preload+perf', 'known-cost'];
-const EXTRA_VARIANTS = ['perf-inlining-limit', 'upstream-http-server', 'upstream-span-export', 'sampled-10', 'no-metrics', 'no-traces', 'http-only', 'no-http'];
+const EXTRA_VARIANTS = ['perf-inlining-limit', 'perf-map-only', 'native-stack-only', 'upstream-http-server', 'upstream-span-export', 'sampled-10', 'no-metrics', 'no-traces', 'http-only', 'no-http'];
 
 // ---------------------------------------------------------------- options
 
@@ -445,9 +448,14 @@ async function main() {
   const results = Object.fromEntries(opts.variants.map((v) => [v, []]));
   const problems = [];
   const started = Date.now();
-  // A slot: the variants measured together (one, or the whole round with --concurrent).
-  const slots = opts.concurrent ? [opts.variants] : opts.variants.map((key) => [key]);
   for (let round = 1; round <= opts.rounds; round++) {
+    // A slot: the variants measured together, one at a time or, with
+    // --concurrent, the whole round, started and loaded in an order that
+    // turns by one every round (the first one started measured up to 4%
+    // apart from the others).
+    const turn = (round - 1) % opts.variants.length;
+    const turned = [...opts.variants.slice(turn), ...opts.variants.slice(0, turn)];
+    const slots = opts.concurrent ? [turned] : opts.variants.map((key) => [key]);
     for (const slot of slots) {
       const before = await sink.stats();
       const apps = [];

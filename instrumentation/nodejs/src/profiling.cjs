@@ -14,11 +14,12 @@
 // By default V8 keeps its own inlining: the profile is then what every
 // perf-map profiler shows, at no cost. A limit gives every function larger
 // than it a frame of its own, but it is dear: with 27 bytes (V8's "small
-// function" size, which it inlines anyway) an HTTP service served 2-4%
-// fewer requests per CPU-second alone on a CPU and 7-9% fewer when sharing
-// one; any limit below V8's 460 cost about 4% there, and even setting 460
-// itself 1.3% (docs/benchmarks.md, "The inlining limit"). So it is an
-// opt-in for the workloads whose profile needs the extra frames.
+// function" size, which it inlines anyway) an HTTP service served 2-3%
+// fewer requests per CPU-second than with V8's inlining alone on a CPU,
+// 5-9% fewer when sharing one; limits of 60-200 bytes cost about 4% there,
+// and setting V8's own 460 through the flag 1.3% (docs/benchmarks.md, "The
+// inlining limit"). So it is an opt-in for the workloads whose profile
+// needs the extra frames.
 //
 // Same old-syntax rule as register.cjs.
 
