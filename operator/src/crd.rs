@@ -167,10 +167,10 @@ pub struct NodejsSpec {
     pub resources: ResourceRequirements,
     /// Add the V8 flags the CPU profiler needs to name JavaScript frames
     /// (`--perf-basic-prof-only-functions --interpreted-frames-native-stack`).
-    /// A function V8 inlines into its caller has no frame of its own; `env`
-    /// `VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE` (bytes, e.g. 27) makes the
-    /// injected package limit inlining so that larger functions keep theirs,
-    /// at a cost in throughput (default `v8`: V8's own inlining).
+    /// Seeing them, the injected package also limits V8's inlining to
+    /// functions of at most 60 bytes of bytecode, so that larger functions
+    /// keep frames of their own; `env` `VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE`
+    /// sets another limit (`v8`: V8's own inlining).
     #[serde(default = "default_true")]
     pub profiling: bool,
     /// Size limit of the emptyDir volume the instrumentation is copied into.

@@ -12,7 +12,7 @@
 //   --variants a,b,c  BENCH_VARIANTS     which variants (keys below)  (baseline,preload,preload+perf)
 //   --extra           BENCH_EXTRA=1      add the diagnostic variants (perf-inlining-limit, perf-map-only, native-stack-only, upstream-http-server, upstream-span-export, sampled-10, no-metrics, no-traces, http-only, no-http)
 //   --known-cost US   BENCH_KNOWN_COST   CPU microseconds the calibration variant adds per request (30)
-//   --inlining-limit N BENCH_INLINING_LIMIT bytes of bytecode of variant perf-inlining-limit (27)
+//   --inlining-limit N BENCH_INLINING_LIMIT variant perf-inlining-limit's limit: bytes of bytecode, or v8 (27)
 //   --concurrent      BENCH_CONCURRENT=1 run a round's variants at the same time on the app's CPU (below)
 //   --json FILE                          also write every round's figures as JSON
 //   --compare DIR     BENCH_COMPARE      add a variant "compare": the preload of another copy of this
@@ -76,7 +76,8 @@ const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 const PKG_DIR = path.resolve(BENCH_DIR, '..');
 const PRELOAD_DIR = process.env.VISPYR_BENCH_PAYLOAD ? path.resolve(PKG_DIR, process.env.VISPYR_BENCH_PAYLOAD) : PKG_DIR;
 const REGISTER = path.join(PRELOAD_DIR, 'register.cjs');
-// Exactly the flags the operator adds for the profiler (operator/src/inject/mod.rs).
+// Exactly the flags the operator adds for the profiler (operator/src/inject/mod.rs);
+// seeing them, the preload limits V8's inlining (src/profiling.cjs).
 const PERF_FLAGS = '--perf-basic-prof-only-functions --interpreted-frames-native-stack';
 
 // Targets of issue 5.
@@ -147,7 +148,7 @@ function parseArgs(argv) {
     warmup: Number(env.BENCH_WARMUP) || 1.5,
     connections: Number(env.BENCH_CONNECTIONS) || 10,
     knownCost: Number(env.BENCH_KNOWN_COST) || 30,
-    inliningLimit: Number(env.BENCH_INLINING_LIMIT) || 27,
+    inliningLimit: env.BENCH_INLINING_LIMIT || '27',
     variants: env.BENCH_VARIANTS ? env.BENCH_VARIANTS.split(',') : [...DEFAULT_VARIANTS],
     extra: env.BENCH_EXTRA === '1',
     json: null,
@@ -164,7 +165,7 @@ function parseArgs(argv) {
       case '--warmup': opts.warmup = Number(value()); break;
       case '--connections': opts.connections = Number(value()); break;
       case '--known-cost': opts.knownCost = Number(value()); break;
-      case '--inlining-limit': opts.inliningLimit = Number(value()); break;
+      case '--inlining-limit': opts.inliningLimit = value(); break;
       case '--variants': opts.variants = value().split(','); break;
       case '--extra': opts.extra = true; break;
       case '--json': opts.json = value(); break;
@@ -176,8 +177,12 @@ function parseArgs(argv) {
         process.exit(2);
     }
   }
+  if (!/^([0-9]+|v8)$/.test(opts.inliningLimit)) {
+    console.error('--inlining-limit must be a number of bytes or v8');
+    process.exit(2);
+  }
   const limited = VARIANTS['perf-inlining-limit'];
-  limited.label += ` ${opts.inliningLimit} bytes`;
+  limited.label += opts.inliningLimit === 'v8' ? ": V8's own" : ` ${opts.inliningLimit} bytes`;
   limited.env.VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE = String(opts.inliningLimit);
   if (opts.extra) for (const v of EXTRA_VARIANTS) if (!opts.variants.includes(v)) opts.variants.push(v);
   if (opts.compare) {
@@ -195,7 +200,7 @@ function parseArgs(argv) {
       process.exit(2);
     }
   }
-  for (const k of ['rounds', 'duration', 'warmup', 'connections', 'knownCost', 'inliningLimit']) {
+  for (const k of ['rounds', 'duration', 'warmup', 'connections', 'knownCost']) {
     if (!(opts[k] > 0)) {
       console.error(`--${k} must be a positive number`);
       process.exit(2);
@@ -653,8 +658,8 @@ async function main() {
   if (med.preload && med['preload+perf']) {
     const r = ratio('preload+perf', 'preload', 'rps');
     // Normalised by requests per CPU-second, not by the work share: the flags
-    // (and an inlining limit, src/profiling.cjs) change the speed of the work
-    // itself, which the work share cannot see.
+    // (and the inlining limit the preload sets with them, src/profiling.cjs)
+    // change the speed of the work itself, which the work share cannot see.
     const n = ratio('preload+perf', 'preload', 'reqPerCpuSec');
     console.log(
       `target 2: perf-map flags cost < ${pct(TARGET_FLAGS_COST)}: preload+perf / preload = ${exact(r)}, cost ${exactPct(1 - r)} (per-round ${range(paired('preload+perf', 'preload', 'rps'), 3)})  ${verdict(1 - r < TARGET_FLAGS_COST)}` +

@@ -11,19 +11,22 @@
 // preload (v8.setFlagsFromString: TurboFan reads it at every compilation,
 // so it applies to everything optimized after the preload).
 //
-// By default V8 keeps its own inlining: the profile is then what every
-// perf-map profiler shows, at no cost. A limit gives every function larger
-// than it a frame of its own, but it is dear: with 27 bytes (V8's "small
-// function" size, which it inlines anyway) an HTTP service served 2-3%
-// fewer requests per CPU-second than with V8's inlining alone on a CPU,
-// 5-9% fewer when sharing one; limits of 60-200 bytes cost about 4% there,
-// and setting V8's own 460 through the flag 1.3% (docs/benchmarks.md, "The
-// inlining limit"). So it is an opt-in for the workloads whose profile
-// needs the extra frames.
+// The limit keeps inlining for small functions (accessors, one-line
+// helpers, small closures) and gives every larger function a frame of its
+// own: a function with a loop and a few statements is larger (the demo's
+// computePrice is 96 bytes, the node-agent test's hot function 102). Its
+// price was measured against V8's own inlining (docs/benchmarks.md, "The
+// inlining limit"): 60 bytes cost an HTTP service nothing measurable alone
+// on a CPU and 2% of its requests per CPU-second sharing one; 27 bytes (V8's
+// "small function" size, which also keeps one-line loops) 2-3% alone and
+// 5-6% shared. `VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE` sets another
+// limit, or "v8" for V8's own inlining (no frames for inlined functions, no
+// cost).
 //
 // Same old-syntax rule as register.cjs.
 
 var LIMIT_VARIABLE = 'VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE';
+var DEFAULT_LIMIT = 60;
 // --perf-basic-prof, --perf-basic-prof-only-functions, --perf-prof (not
 // --perf-prof-unwinding-info, which writes no names).
 var PERF_MAP_FLAG = /(^|\s)--perf-(basic-prof(-only-functions)?|prof)(?=\s|$)/;
@@ -31,15 +34,21 @@ var PERF_MAP_FLAG = /(^|\s)--perf-(basic-prof(-only-functions)?|prof)(?=\s|$)/;
 // The V8 flag to set for a process started with `execArgv` and `env`, and a
 // problem with the setting, if any: { flag: string | null, problem: string | null }.
 // `VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE`: bytes of bytecode up to
-// which functions are still inlined while a perf map is written, or "v8"
-// (the default) for V8's own inlining (no flag set).
+// which functions are still inlined while a perf map is written (default 60),
+// or "v8" for V8's own inlining (no flag set).
 function inliningFlag(execArgv, env) {
   var writesPerfMap = PERF_MAP_FLAG.test(execArgv.join(' ')) || PERF_MAP_FLAG.test(env.NODE_OPTIONS || '');
   if (!writesPerfMap) return { flag: null, problem: null };
   var raw = String(env[LIMIT_VARIABLE] || '').trim();
-  if (raw === '' || raw === 'v8') return { flag: null, problem: null };
-  if (/^[0-9]{1,6}$/.test(raw)) return { flag: '--max-inlined-bytecode-size=' + Number(raw), problem: null };
-  return { flag: null, problem: LIMIT_VARIABLE + ' "' + raw + '" is neither a number of bytes nor "v8"; keeping V8\'s own inlining' };
+  if (raw === 'v8') return { flag: null, problem: null };
+  var limit = DEFAULT_LIMIT;
+  var problem = null;
+  if (/^[0-9]{1,6}$/.test(raw)) {
+    limit = Number(raw);
+  } else if (raw !== '') {
+    problem = LIMIT_VARIABLE + ' "' + raw + '" is neither a number of bytes nor "v8"; using ' + DEFAULT_LIMIT;
+  }
+  return { flag: '--max-inlined-bytecode-size=' + limit, problem: problem };
 }
 
 module.exports = { inliningFlag: inliningFlag, LIMIT_VARIABLE: LIMIT_VARIABLE };

@@ -126,7 +126,7 @@ test('bad VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE with the perf-map flags: on
   await receiver.waitFor('spans of bad-inline-limit', (r) => r.spansOf('bad-inline-limit').length >= 3);
   await app.stop();
   assert.deepEqual(app.vispyrLines(), [
-    'vispyr: VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE "2k" is neither a number of bytes nor "v8"; keeping V8\'s own inlining',
+    'vispyr: VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE "2k" is neither a number of bytes nor "v8"; using 60',
   ]);
   assert.deepEqual(app.foreignStdout(), []);
 });

@@ -97,24 +97,25 @@ test('guards.unsupportedNode follows the SDK engines (^18.19.0 || >=20.6.0)', ()
   }
 });
 
-test('profiling.inliningFlag: V8\'s own inlining unless a limit is asked for while V8 writes a perf map', () => {
+test('profiling.inliningFlag: inlining limited only while V8 writes a perf map', () => {
   const PERF = '--perf-basic-prof-only-functions --interpreted-frames-native-stack';
   const none = { flag: null, problem: null };
   const limit = (n) => ({ flag: `--max-inlined-bytecode-size=${n}`, problem: null });
   const env = (v, nodeOptions = PERF) => ({ NODE_OPTIONS: nodeOptions, VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE: v });
-  // The operator's NODE_OPTIONS without the setting: V8's inlining untouched.
-  assert.deepEqual(profiling.inliningFlag([], { NODE_OPTIONS: `--require /vispyr-instrumentation/register.cjs ${PERF}` }), none);
-  assert.deepEqual(profiling.inliningFlag([], env('v8')), none);
-  // A limit, with the perf-map flags in NODE_OPTIONS or on the command line.
-  assert.deepEqual(profiling.inliningFlag([], env('27', `--require /vispyr-instrumentation/register.cjs ${PERF}`)), limit(27));
-  assert.deepEqual(profiling.inliningFlag(['--perf-basic-prof'], env('60', '')), limit(60));
-  assert.deepEqual(profiling.inliningFlag(['--perf-prof'], env(' 0 ', '')), limit(0));
-  // No perf map: no limit, whatever the setting.
-  assert.deepEqual(profiling.inliningFlag([], env('27', '')), none);
+  // The operator's NODE_OPTIONS, and the same flags on the command line.
+  assert.deepEqual(profiling.inliningFlag([], { NODE_OPTIONS: `--require /vispyr-instrumentation/register.cjs ${PERF}` }), limit(60));
+  assert.deepEqual(profiling.inliningFlag(['--perf-basic-prof'], {}), limit(60));
+  assert.deepEqual(profiling.inliningFlag(['--perf-prof'], {}), limit(60));
+  // No perf map: V8's inlining untouched, whatever the setting.
+  assert.deepEqual(profiling.inliningFlag([], {}), none);
   assert.deepEqual(profiling.inliningFlag(['--perf-prof-unwinding-info'], env('27', '--max-old-space-size=96')), none);
+  // The setting.
+  assert.deepEqual(profiling.inliningFlag([], env('27')), limit(27));
+  assert.deepEqual(profiling.inliningFlag([], env(' 0 ')), limit(0));
+  assert.deepEqual(profiling.inliningFlag([], env('v8')), none);
   assert.deepEqual(profiling.inliningFlag([], env('lots')), {
-    flag: null,
-    problem: 'VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE "lots" is neither a number of bytes nor "v8"; keeping V8\'s own inlining',
+    flag: '--max-inlined-bytecode-size=60',
+    problem: 'VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE "lots" is neither a number of bytes nor "v8"; using 60',
   });
 });
 
