@@ -353,50 +353,24 @@ fn node_app_samples(inlining_limit: Option<&str>) -> Vec<Sample> {
     sample(&mut profiler, node.pid(), 200).0
 }
 
-fn names_vispyr_hot(s: &Sample) -> bool {
-    s.frames
-        .iter()
-        .any(|f| &*f.function == "vispyrHot" && f.kind == FrameKind::Js)
-}
-
-fn has_node_internal(s: &Sample) -> bool {
-    s.frames.iter().any(|f| {
-        f.kind == FrameKind::NodeInternal
-            && f.file
-                .as_deref()
-                .is_some_and(|p| p.starts_with("node:internal/"))
-    })
-}
-
-/// The default: the preload limits inlining to functions of at most 60
-/// bytes of bytecode, so the hot function (102 bytes) keeps its frame; the
-/// npm package's one-line loop (35 bytes) is inlined into it.
-#[test]
-fn javascript_functions_are_named_with_their_kind() {
-    let samples = node_app_samples(None);
-    let hot = share(&samples, names_vispyr_hot);
-    let internal = share(&samples, has_node_internal);
-    eprintln!(
-        "node, default inlining limit: {} samples, {:.1}% name vispyrHot, {:.1}% node:internal",
-        total(&samples),
-        hot * 100.0,
-        internal * 100.0
-    );
-    assert!(
-        hot >= 0.9,
-        "{hot:.3} of samples name vispyrHot: {samples:#?}"
-    );
-    assert!(internal > 0.0, "no node:internal frame: {samples:#?}");
-}
-
-/// With a lower limit, smaller functions keep frames of their own too: the
-/// npm package's.
-#[test]
-fn a_lower_inlining_limit_gives_small_functions_frames_of_their_own() {
-    let samples = node_app_samples(Some("27"));
-    let hot = share(&samples, names_vispyr_hot);
-    let internal = share(&samples, has_node_internal);
-    let package = share(&samples, |s| {
+/// Checks what every inlining limit must give (the hot function named in at
+/// least 90% of samples, node:internal frames tagged so) and returns the
+/// share of samples with the npm package's frame, which depends on the limit.
+fn assert_javascript_named(samples: &[Sample], limit: &str) -> f64 {
+    let hot = share(samples, |s| {
+        s.frames
+            .iter()
+            .any(|f| &*f.function == "vispyrHot" && f.kind == FrameKind::Js)
+    });
+    let internal = share(samples, |s| {
+        s.frames.iter().any(|f| {
+            f.kind == FrameKind::NodeInternal
+                && f.file
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("node:internal/"))
+        })
+    });
+    let package = share(samples, |s| {
         s.frames.iter().any(|f| {
             f.kind == FrameKind::NodeModules
                 && &*f.function == "fixtureWork"
@@ -404,8 +378,8 @@ fn a_lower_inlining_limit_gives_small_functions_frames_of_their_own() {
         })
     });
     eprintln!(
-        "node, inlining limit 27: {} samples, {:.1}% name vispyrHot, {:.1}% node:internal, {:.1}% @vispyr-test/fixture",
-        total(&samples),
+        "node, inlining limit {limit}: {} samples, {:.1}% name vispyrHot, {:.1}% node:internal, {:.1}% @vispyr-test/fixture",
+        total(samples),
         hot * 100.0,
         internal * 100.0,
         package * 100.0
@@ -415,5 +389,22 @@ fn a_lower_inlining_limit_gives_small_functions_frames_of_their_own() {
         "{hot:.3} of samples name vispyrHot: {samples:#?}"
     );
     assert!(internal > 0.0, "no node:internal frame: {samples:#?}");
-    assert!(package > 0.0, "no node_modules frame: {samples:#?}");
+    package
+}
+
+/// The default: the preload limits inlining to functions of at most 60
+/// bytes of bytecode, so the hot function (102 bytes) keeps its frame; the
+/// npm package's one-line loop (35 bytes) is inlined into it (0% of samples
+/// name it).
+#[test]
+fn javascript_functions_are_named_with_their_kind() {
+    assert_javascript_named(&node_app_samples(None), "60 (default)");
+}
+
+/// With a lower limit, smaller functions keep frames of their own too: the
+/// npm package's.
+#[test]
+fn a_lower_inlining_limit_gives_small_functions_frames_of_their_own() {
+    let package = assert_javascript_named(&node_app_samples(Some("27")), "27");
+    assert!(package > 0.0, "no node_modules frame");
 }

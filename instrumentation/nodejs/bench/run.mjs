@@ -107,14 +107,6 @@ const VARIANTS = {
   // Each of the two flags alone: which of them costs.
   'perf-map-only': { label: 'preload + --perf-basic-prof-only-functions', nodeOptions: `${PRELOAD} --perf-basic-prof-only-functions`, exports: true, perfMap: true },
   'native-stack-only': { label: 'preload + --interpreted-frames-native-stack', nodeOptions: `${PRELOAD} --interpreted-frames-native-stack`, exports: true },
-  // The limit is --inlining-limit (parseArgs fills it in).
-  'perf-inlining-limit': {
-    label: 'preload + perf-map flags, inlining limit',
-    nodeOptions: `${PRELOAD} ${PERF_FLAGS}`,
-    env: { VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE: '' },
-    exports: true,
-    perfMap: true,
-  },
   'upstream-http-server': {
     label: 'preload, VISPYR_HTTP_SERVER=upstream',
     nodeOptions: PRELOAD,
@@ -181,9 +173,14 @@ function parseArgs(argv) {
     console.error('--inlining-limit must be a number of bytes or v8');
     process.exit(2);
   }
-  const limited = VARIANTS['perf-inlining-limit'];
-  limited.label += opts.inliningLimit === 'v8' ? ": V8's own" : ` ${opts.inliningLimit} bytes`;
-  limited.env.VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE = String(opts.inliningLimit);
+  // The flags with another inlining limit than the preload's default.
+  VARIANTS['perf-inlining-limit'] = {
+    label: `preload + perf-map flags, inlining limit ${opts.inliningLimit === 'v8' ? "V8's own" : `${opts.inliningLimit} bytes`}`,
+    nodeOptions: `${PRELOAD} ${PERF_FLAGS}`,
+    env: { VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE: opts.inliningLimit },
+    exports: true,
+    perfMap: true,
+  };
   if (opts.extra) for (const v of EXTRA_VARIANTS) if (!opts.variants.includes(v)) opts.variants.push(v);
   if (opts.compare) {
     const register = path.join(path.resolve(opts.compare), 'register.cjs');
@@ -456,8 +453,8 @@ async function main() {
   for (let round = 1; round <= opts.rounds; round++) {
     // A slot: the variants measured together, one at a time or, with
     // --concurrent, the whole round, started and loaded in an order that
-    // turns by one every round (the first one started measured up to 4%
-    // apart from the others).
+    // turns by one every round (the first one started measured 1-5% apart
+    // from the others).
     const turn = (round - 1) % opts.variants.length;
     const turned = [...opts.variants.slice(turn), ...opts.variants.slice(0, turn)];
     const slots = opts.concurrent ? [turned] : opts.variants.map((key) => [key]);

@@ -19,9 +19,9 @@
 // inlining limit"): 60 bytes cost an HTTP service less than the scatter of
 // runs alone on a CPU and 2-5% of its requests per CPU-second sharing one;
 // 27 bytes (V8's "small function" size, which also keeps one-line loops)
-// 2-3% alone and 5-6% shared. `VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE` sets another
-// limit, or "v8" for V8's own inlining (no frames for inlined functions, no
-// cost).
+// 2-3% alone and 5-6% shared. `VISPYR_PROFILING_MAX_INLINED_BYTECODE_SIZE`
+// sets another limit, or "v8" for V8's own inlining (no frames for inlined
+// functions, no cost).
 //
 // Same old-syntax rule as register.cjs.
 
